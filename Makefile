@@ -1,0 +1,37 @@
+# HealthHub — `make run` serves the hub with demo data; `make test` runs the test suite.
+# Set HEALTHHUB_TEST_DATABASE_URL=postgresql://… to run the suite on PostgreSQL too.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: run test install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the declared dependencies change.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/healthhub db upgrade
+	$(BIN)/healthhub demo
+	$(BIN)/healthhub serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check healthhub tests
+	$(BIN)/mypy healthhub
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,27 @@
+"""HealthHub: a FHIR R4B data hub. ``create_app`` builds the WSGI application."""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def create_app(config: Any = None) -> Any:
+    """Application factory: config → database → blueprints → error handlers."""
+    from flask import Flask
+
+    from . import errors
+    from .api import fhir as fhir_api
+    from .config import Config
+    from .db import Database
+
+    cfg: Config = config if config is not None else Config.from_env()
+    app = Flask(__name__, instance_relative_config=False)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body
+    app.config["HEALTHHUB"] = cfg
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.strict_slashes = False
+    app.extensions["healthhub.db"] = Database(cfg)
+    fhir_api.init_app(app)
+    errors.init_app(app)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP layer: Flask blueprints with thin views (parse → call → serialise)."""

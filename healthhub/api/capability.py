@@ -1,0 +1,91 @@
+"""The CapabilityStatement, generated from what this server has registered.
+
+Resource types come from the R4B models, interactions from the ``@supports`` decorators on the
+views, operations from the operation registry and search parameters from the search module —
+so the statement cannot list what the code does not do.
+https://hl7.org/fhir/R4B/capabilitystatement.html
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, TypeVar
+
+from .. import __version__, resources
+from ..operations import load as load_operations
+from ..storage import criteria
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Interactions implemented by the views, by level (filled in by ``@supports`` at import).
+TYPE_INTERACTIONS: set[str] = set()
+SYSTEM_INTERACTIONS: set[str] = set()
+_SYSTEM_CODES = frozenset({"transaction", "batch", "search-system", "history-system"})
+_TYPE_ORDER = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+               "create", "search-type")
+
+
+def supports(*codes: str) -> Callable[[F], F]:
+    """Declare the FHIR interactions (restful-interaction codes) a view implements."""
+
+    def mark(view: F) -> F:
+        for code in codes:
+            (SYSTEM_INTERACTIONS if code in _SYSTEM_CODES else TYPE_INTERACTIONS).add(code)
+        return view
+
+    return mark
+
+
+@lru_cache(maxsize=4)
+def capability_statement(base_url: str, date: str) -> dict[str, Any]:
+    """Build the statement for the FHIR endpoint at ``base_url``."""
+    ops = load_operations()
+    type_ops = [o for o in ops.values() if o.levels & {"type", "instance"}]
+    system_ops = [o for o in ops.values() if "system" in o.levels]
+    type_interactions = [{"code": c} for c in _TYPE_ORDER if c in TYPE_INTERACTIONS]
+    search_params = [
+        {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
+        {"name": "identifier", "type": "token",
+         "documentation": "identifier system|value, on types that have Resource.identifier"},
+    ] if "search-type" in TYPE_INTERACTIONS else []
+    conditional = bool(criteria.SUPPORTED)
+    resource_entries = []
+    for rtype in resources.resource_types():
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": type_interactions,
+            "versioning": "versioned-update",
+            "readHistory": "vread" in TYPE_INTERACTIONS,
+            "updateCreate": "update" in TYPE_INTERACTIONS,
+            "conditionalCreate": conditional,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": conditional,
+            "conditionalDelete": "single" if conditional else "not-supported",
+            "referencePolicy": ["literal", "logical"],
+        }
+        if search_params:
+            entry["searchParam"] = search_params
+        if type_ops:
+            entry["operation"] = [{"name": o.name, "definition": o.definition} for o in type_ops]
+        resource_entries.append(entry)
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "documentation": "HealthHub FHIR R4B REST API",
+        "resource": resource_entries,
+        "interaction": [{"code": c} for c in sorted(SYSTEM_INTERACTIONS)],
+    }
+    if system_ops:
+        rest["operation"] = [{"name": o.name, "definition": o.definition} for o in system_ops]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "HealthHub",
+        "kind": "instance",
+        "software": {"name": "HealthHub", "version": __version__},
+        "implementation": {"description": "HealthHub FHIR server", "url": base_url},
+        "fhirVersion": resources.FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [rest],
+    }

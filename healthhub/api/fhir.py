@@ -1,0 +1,321 @@
+"""The ``/fhir`` REST interactions (https://hl7.org/fhir/R4B/http.html). Views stay thin:
+parse the request, call the repository, serialise the answer."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Iterator
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from .. import resources
+from ..clock import aware, instant, utcnow
+from ..config import Config
+from ..context import RequestContext
+from ..db import Database
+from ..operations import OperationCall, load as load_operations
+from ..outcome import FhirError, Issue, information, invalid, not_found, not_supported
+from ..storage import criteria as crit
+from ..storage.bundle import BundleProcessor
+from ..storage.repository import Repository, Stored, WriteResult, parse_etag
+from . import http
+from .capability import capability_statement, supports
+
+bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+_STARTED = instant(utcnow())
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+def _config() -> Config:
+    return current_app.config["HEALTHHUB"]
+
+
+@contextmanager
+def unit_of_work() -> Iterator[Repository]:
+    """One repository in one database transaction for this request (commit on success)."""
+    db: Database = current_app.extensions["healthhub.db"]
+    with db.transaction() as session:
+        yield Repository(session, RequestContext(actor=request.remote_addr or "anonymous"))
+
+
+def _type(name: str) -> str:
+    if not resources.is_resource_type(name):
+        raise FhirError(404, [Issue("error", "not-supported", f"Unknown resource type {name!r}")])
+    return name
+
+
+# -- system level ----------------------------------------------------------------------------
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    return http.fhir_response(capability_statement(_config().fhir_base, _STARTED))
+
+
+@bp.post("/")
+@supports("transaction", "batch")
+def bundle() -> Response:
+    body = http.read_json()
+    with unit_of_work() as repo:
+        processor = BundleProcessor(repo, _config().fhir_base, http.prefer_return() == "representation")
+        result = processor.process(body)
+    return http.fhir_response(result)
+
+
+@bp.get("/_history")
+@supports("history-system")
+def system_history() -> Response:
+    return _history(None, None)
+
+
+# -- type level ------------------------------------------------------------------------------
+
+@bp.route("/<rtype>", methods=["GET", "POST", "PUT", "DELETE"])
+@supports("create", "search-type")
+def type_level(rtype: str) -> Response:
+    if rtype.startswith("$"):
+        return _operation(rtype[1:], "system", None, None)
+    rtype = _type(rtype)
+    if request.method == "GET":
+        return _search(rtype, request.args.to_dict(flat=False))
+    if request.method == "POST":
+        return _create(rtype)
+    query = request.query_string.decode("utf-8", "replace")
+    if not query:
+        raise FhirError(405, [Issue("error", "not-supported",
+                                    f"{request.method} on a type needs search criteria (conditional "
+                                    f"{'update' if request.method == 'PUT' else 'delete'})")])
+    if request.method == "PUT":
+        body = http.read_json()
+        with unit_of_work() as repo:
+            result = repo.conditional_update(rtype, query, resources.validate(body, rtype),
+                                             if_match=request.headers.get("If-Match"))
+        return _written(result)
+    with unit_of_work() as repo:
+        deleted = repo.conditional_delete(rtype, query)
+    return _deleted(deleted)
+
+
+@bp.post("/<rtype>/_search")
+def type_search(rtype: str) -> Response:
+    rtype = _type(rtype)
+    params = request.args.to_dict(flat=False)
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise FhirError(415, [Issue("error", "not-supported",
+                                    "POST _search takes application/x-www-form-urlencoded parameters")])
+    for k, v in request.form.to_dict(flat=False).items():
+        params.setdefault(k, []).extend(v)
+    return _search(rtype, params)
+
+
+@bp.get("/<rtype>/_history")
+@supports("history-type")
+def type_history(rtype: str) -> Response:
+    return _history(_type(rtype), None)
+
+
+# -- instance level --------------------------------------------------------------------------
+
+@bp.route("/<rtype>/<rid>", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
+@supports("read", "update", "patch", "delete")
+def instance(rtype: str, rid: str) -> Response:
+    rtype = _type(rtype)
+    if rid.startswith("$"):
+        return _operation(rid[1:], "type", rtype, None)
+    if request.method == "POST":
+        raise FhirError(405, [Issue("error", "not-supported", "POST to an instance is not an interaction; "
+                                    "use PUT to update or POST to the type to create")])
+    resources.check_id(rid)
+    if_match = request.headers.get("If-Match")
+    if request.method == "GET":
+        with unit_of_work() as repo:
+            stored = repo.read(rtype, rid)
+        return _read_response(stored)
+    if request.method == "PUT":
+        body = http.read_json()
+        with unit_of_work() as repo:
+            if request.headers.get("If-None-Match", "").strip() == "*" and _exists(repo, rtype, rid):
+                raise FhirError(412, [Issue("error", "duplicate", f"{rtype}/{rid} already exists "
+                                            "(If-None-Match: *)")])
+            result = repo.update(rtype, rid, body, if_match=if_match)
+        return _written(result)
+    if request.method == "PATCH":
+        operations = http.read_json(frozenset({http.JSON_PATCH}))
+        with unit_of_work() as repo:
+            result = repo.patch(rtype, rid, operations, if_match=if_match)
+        return _written(result)
+    with unit_of_work() as repo:
+        deleted = repo.delete(rtype, rid, if_match=if_match)
+    return _deleted(deleted)
+
+
+@bp.route("/<rtype>/<rid>/<sub>", methods=["GET", "POST"])
+@supports("history-instance")
+def instance_sub(rtype: str, rid: str, sub: str) -> Response:
+    rtype = _type(rtype)
+    resources.check_id(rid)
+    if sub.startswith("$"):
+        return _operation(sub[1:], "instance", rtype, rid)
+    if sub == "_history" and request.method == "GET":
+        return _history(rtype, rid)
+    raise not_found(f"No such endpoint: {rtype}/{rid}/{sub}")
+
+
+@bp.get("/<rtype>/<rid>/_history/<vid>")
+@supports("vread")
+def vread(rtype: str, rid: str, vid: str) -> Response:
+    rtype = _type(rtype)
+    resources.check_id(rid)
+    with unit_of_work() as repo:
+        stored = repo.vread(rtype, rid, vid)
+    return _read_response(stored)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _create(rtype: str) -> Response:
+    body = resources.validate(http.read_json(), rtype)
+    with unit_of_work() as repo:
+        result = repo.create(body, if_none_exist=request.headers.get("If-None-Exist") or None)
+    return _written(result)
+
+
+def _exists(repo: Repository, rtype: str, rid: str) -> bool:
+    try:
+        repo.read(rtype, rid)
+    except FhirError:
+        return False
+    return True
+
+
+def _read_response(stored: Stored) -> Response:
+    """200 with the resource, or 304 under a matching If-None-Match / If-Modified-Since."""
+    headers = http.version_headers(stored, _config().fhir_base)
+    inm = request.headers.get("If-None-Match")
+    if inm and any(parse_etag(t) in (str(stored.version_id), "*") for t in inm.split(",")):
+        return Response(status=304, headers=headers)
+    ims = request.headers.get("If-Modified-Since")
+    if ims and not inm:
+        since = _http_date(ims)
+        if since is not None and stored.last_updated.replace(microsecond=0) <= since:
+            return Response(status=304, headers=headers)
+    return http.fhir_response(stored.content, 200, headers)
+
+
+def _written(result: WriteResult) -> Response:
+    """Answer a create/update/patch as ``Prefer: return`` asks."""
+    stored = result.stored
+    headers = http.version_headers(stored, _config().fhir_base, location=True)
+    prefer = http.prefer_return()
+    if prefer == "minimal":
+        return http.fhir_response(None, result.status, headers)
+    if prefer == "OperationOutcome":
+        texts = {"created": "Created", "updated": "Updated", "unchanged": "No change: the resource was "
+                 "identical, so no new version was written", "existing": "A matching resource exists; "
+                 "nothing was created"}
+        return http.fhir_response(information(f"{texts[result.outcome]} {stored.resource_type}/{stored.id} "
+                                              f"(version {stored.version_id})"), result.status, headers)
+    return http.fhir_response(stored.content, result.status, headers)
+
+
+def _deleted(result: WriteResult | None) -> Response:
+    if result is None:
+        return http.fhir_response(information("Nothing to delete: no current resource matched"), 200)
+    s = result.stored
+    return http.fhir_response(information(f"Deleted {s.resource_type}/{s.id} (version {s.version_id})"),
+                              200, {"ETag": s.etag})
+
+
+def _history(rtype: str | None, rid: str | None) -> Response:
+    """History Bundle (https://hl7.org/fhir/R4B/http.html#history), keyset-paged."""
+    args = request.args
+    count = _count(args.get("_count"))
+    since = _instant_param(args.get("_since"), "_since")
+    before = args.get("_before_pk")
+    if before is not None and not before.isdigit():
+        raise invalid("_before_pk must be a number")
+    with unit_of_work() as repo:
+        page = repo.history(rtype, rid, since=since, count=count,
+                            before=int(before) if before else None)
+    base = _config().fhir_base
+    path = "/".join(p for p in (rtype, rid, "_history") if p)
+    keep = {k: v for k, v in (("_count", str(count)), ("_since", args.get("_since"))) if v}
+    links = [{"relation": "self", "url": f"{base}/{path}?{urlencode(keep)}" if keep else f"{base}/{path}"}]
+    if page.next_before is not None:
+        links.append({"relation": "next",
+                      "url": f"{base}/{path}?{urlencode({**keep, '_before_pk': page.next_before})}"})
+    return http.fhir_response({
+        "resourceType": "Bundle", "type": "history", "total": page.total, "link": links,
+        "entry": [http.history_entry(s, base) for s in page.items],
+    })
+
+
+_RESULT_PARAMS = frozenset({"_count", "_format", "_pretty", "_cursor", "_total"})
+
+
+def _search(rtype: str, params: dict[str, list[str]]) -> Response:
+    """Searchset over ``_id`` and ``identifier`` (the full search grammar is its own module)."""
+    unsupported = [k for k in params if k not in _RESULT_PARAMS and k not in crit.SUPPORTED]
+    if unsupported:
+        raise not_supported(f"Search parameter(s) {', '.join(sorted(unsupported))} are not supported yet; "
+                            f"supported: {', '.join(crit.SUPPORTED)}")
+    pairs = [(k, v) for k in crit.SUPPORTED for v in params.get(k, [])]
+    criteria = crit.parse(urlencode(pairs))
+    count = _count(params.get("_count", [None])[-1])
+    after = params.get("_cursor", [None])[-1]
+    with unit_of_work() as repo:
+        found, total = repo.search(rtype, criteria, count=count, after=after)
+    base = _config().fhir_base
+    keep = pairs + [("_count", str(count))]
+    links = [{"relation": "self", "url": f"{base}/{rtype}?{urlencode(keep + ([('_cursor', after)] if after else []))}"}]
+    if len(found) == count and found:
+        links.append({"relation": "next", "url": f"{base}/{rtype}?{urlencode(keep + [('_cursor', found[-1].id)])}"})
+    return http.fhir_response({
+        "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
+        "entry": [{"fullUrl": f"{base}/{s.resource_type}/{s.id}", "resource": s.content,
+                   "search": {"mode": "match"}} for s in found],
+    })
+
+
+def _operation(name: str, level: str, rtype: str | None, rid: str | None) -> Response:
+    op = load_operations().get(name)
+    if op is None or level not in op.levels:
+        raise not_found(f"Operation ${name} is not supported at the {level} level")
+    if request.method not in op.methods:
+        raise FhirError(405, [Issue("error", "not-supported", f"${name} takes {', '.join(sorted(op.methods))}")])
+    body: Any = http.read_json() if request.method == "POST" else None
+    with unit_of_work() as repo:
+        status, result = op.handler(OperationCall(repo, _config().fhir_base, level, request.method, rtype, rid,
+                                                  body, request.args.to_dict(flat=False)))
+    return http.fhir_response(result, status)
+
+
+def _count(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_COUNT
+    if not raw.isdigit():
+        raise invalid(f"_count must be a non-negative integer, not {raw!r}")
+    return min(int(raw), MAX_COUNT)
+
+
+def _instant_param(raw: str | None, name: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(f"{name} must be a FHIR instant such as 2024-01-31T12:00:00Z, not {raw!r}") from None
+    return aware(value)
+
+
+def _http_date(raw: str) -> datetime | None:
+    try:
+        return aware(parsedate_to_datetime(raw))
+    except (TypeError, ValueError, IndexError):
+        return None

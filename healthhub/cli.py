@@ -1,0 +1,144 @@
+"""The ``healthhub`` command (CONTRACT §3). Every command exits non-zero with a one-line error."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config
+
+
+def _config() -> Config:
+    try:
+        return Config.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _database(cfg: Config) -> Any:
+    from .db import Database
+
+    return Database(cfg)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="healthhub")
+def main() -> None:
+    """HealthHub — a FHIR R4B data hub."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+def db_upgrade(revision: str) -> None:
+    """Run the Alembic migrations (SQLite and PostgreSQL)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import migrate
+
+    cfg = _config()
+    database = _database(cfg)
+    try:
+        migrate.upgrade(database.engine, revision)
+    except (SQLAlchemyError, RuntimeError) as exc:
+        raise click.ClickException(f"migration failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        database.dispose()
+    click.echo(f"database at {database.engine.url.render_as_string(hide_password=True)} is at {revision}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the hub (gunicorn where available, else the Werkzeug server)."""
+    from . import create_app, migrate
+
+    cfg = _config()
+    database = _database(cfg)
+    try:
+        if not migrate.is_current(database.engine):
+            raise click.ClickException("the database schema is not up to date; run `healthhub db upgrade`")
+    finally:
+        database.dispose()
+    click.echo(f"HealthHub serving FHIR R4B at http://{host}:{port}/fhir "
+               f"(CapabilityStatement: http://{host}:{port}/fhir/metadata)")
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:  # e.g. Windows: gunicorn needs fork()
+        create_app(cfg).run(host=host, port=port, threaded=True)
+        return
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("timeout", 120)
+
+        def load(self) -> Any:
+            return create_app(cfg)
+
+    _Gunicorn().run()
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Load again even when already loaded.")
+def demo(force: bool) -> None:
+    """Seed the demo data set (idempotent)."""
+    from . import demo as demo_data
+
+    database = _database(_config())
+    try:
+        counts = demo_data.load(database, force=force)
+    finally:
+        database.dispose()
+    if counts is None:
+        click.echo("demo data already loaded")
+    else:
+        click.echo("demo data loaded: " + ", ".join(f"{n} × {k}" for k, n in sorted(counts.items())))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100000),
+              help="NDJSON lines per database transaction.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ingest(paths: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
+    """Load FHIR resources and Bundles (.json) and NDJSON (.ndjson) from files or folders."""
+    from tqdm import tqdm
+
+    from .context import RequestContext
+    from .ingest.fhir_files import Summary, discover, ingest_file
+
+    files, skipped = discover(paths)
+    summary = Summary(skipped=skipped)
+    for name in skipped:
+        click.echo(f"skipped {name}: not a FHIR .json or .ndjson file", err=True)
+    database = _database(_config())
+    ctx = RequestContext(actor="cli-ingest")
+    total = sum(f.stat().st_size for f in files)
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, disable=quiet or None, file=sys.stderr) as bar:
+            for path in files:
+                bar.set_postfix_str(path.name[-40:], refresh=False)
+                ingest_file(database, path, ctx, summary, bar.update, batch_size)
+    finally:
+        database.dispose()
+    for err in summary.errors[:50]:
+        click.echo(err, err=True)
+    if len(summary.errors) > 50:
+        click.echo(f"… and {len(summary.errors) - 50} more errors", err=True)
+    click.echo(summary.line())
+    if summary.errors:
+        sys.exit(1)

@@ -1,0 +1,57 @@
+"""Configuration: the only module that reads ``os.environ`` (CONTRACT §2)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+#: The project checkout (the folder holding ``healthhub/``, ``migrations/`` and ``fhir/``).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one HealthHub instance; build it with :meth:`from_env`."""
+
+    database_url: str = "sqlite:///instance/healthhub.db"
+    base_url: str = "http://127.0.0.1:8080"
+    signing_key: str = "instance/signing-key.pem"
+    min_cell: int = 11
+    export_dir: str = "instance/exports"
+    max_body: int = 50 * 1024 * 1024
+    #: Extra keyword arguments for ``create_engine`` (tests use it for a PostgreSQL schema).
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read ``HEALTHHUB_*`` variables, falling back to the documented defaults."""
+        env = os.environ if environ is None else environ
+        d = cls()
+        cfg = cls(
+            database_url=env.get("HEALTHHUB_DATABASE_URL", d.database_url),
+            base_url=env.get("HEALTHHUB_BASE_URL", d.base_url).rstrip("/"),
+            signing_key=env.get("HEALTHHUB_SIGNING_KEY", d.signing_key),
+            min_cell=_int(env, "HEALTHHUB_MIN_CELL", d.min_cell),
+            export_dir=env.get("HEALTHHUB_EXPORT_DIR", d.export_dir),
+            max_body=_int(env, "HEALTHHUB_MAX_BODY", d.max_body),
+        )
+        return replace(cfg, **overrides) if overrides else cfg
+
+    @property
+    def fhir_base(self) -> str:
+        """Absolute URL of the FHIR endpoint, used in ``fullUrl``, ``Location`` and links."""
+        return f"{self.base_url}/fhir"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value

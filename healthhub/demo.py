@@ -1,0 +1,57 @@
+"""The demo data set that ``make run`` loads once (see ``demo_data/SOURCES.md``)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from .context import RequestContext
+from .db import Database
+from .storage.bundle import BundleProcessor
+from .storage.models import AppState
+from .storage.repository import Repository
+
+DEMO_DIR = Path(__file__).parent / "demo_data"
+DEMO_KEY = "demo.data"
+DEMO_VERSION = "synthea-5-v1"
+DEMO_CONTEXT = RequestContext(actor="healthhub-demo", source="urn:healthhub:demo")
+
+
+def idempotent(bundle: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``POST`` entries whose fullUrl is ``urn:uuid:X`` into ``PUT Type/X`` (same ids every time)."""
+    entries = []
+    for entry in bundle.get("entry") or []:
+        full_url = entry.get("fullUrl", "")
+        resource = entry.get("resource") or {}
+        if entry.get("request", {}).get("method") == "POST" and full_url.startswith("urn:uuid:"):
+            rid = full_url[len("urn:uuid:"):]
+            entry = {**entry, "resource": {**resource, "id": rid},
+                     "request": {"method": "PUT", "url": f"{resource['resourceType']}/{rid}"}}
+        entries.append(entry)
+    return {**bundle, "entry": entries}
+
+
+def load(db: Database, force: bool = False) -> Counter[str] | None:
+    """Load the demo bundles unless this version is already loaded; return outcome counts."""
+    with db.transaction() as session:
+        state = session.get(AppState, DEMO_KEY)
+        if state is not None and state.value == DEMO_VERSION and not force:
+            return None
+        counts: Counter[str] = Counter()
+        repo = Repository(session, DEMO_CONTEXT)
+        for path in sorted(DEMO_DIR.glob("*.json")):
+            response = BundleProcessor(repo, db.config.fhir_base).process(idempotent(orjson.loads(path.read_bytes())))
+            counts.update(e["response"]["status"] for e in response["entry"])
+        if state is None:
+            session.add(AppState(key=DEMO_KEY, value=DEMO_VERSION))
+        else:
+            state.value = DEMO_VERSION
+        return counts
+
+
+def is_loaded(db: Database) -> bool:
+    with db.transaction() as session:
+        return session.scalar(select(AppState.value).where(AppState.key == DEMO_KEY)) == DEMO_VERSION

@@ -1,0 +1,1 @@
+"""Ingest: files and messages in, FHIR resources stored."""

@@ -1,0 +1,1 @@
+"""Resource storage: typed tables, the repository (only writer) and Bundle processing."""

@@ -1,0 +1,340 @@
+"""``transaction`` and ``batch`` Bundles on top of the repository.
+
+https://hl7.org/fhir/R4B/http.html#transaction — a transaction is all or nothing, processed in
+the order DELETE, POST, PUT/PATCH, GET, with ``urn:uuid:`` (and other ``fullUrl``) references
+and conditional references (``Patient?identifier=…``) resolved to the ids the server assigns.
+A batch processes each entry on its own (a SAVEPOINT each), so one bad entry fails alone.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from .. import resources
+from ..clock import instant
+from ..outcome import FhirError, Issue, invalid, not_supported, precondition_failed
+from .repository import Repository, Stored, WriteResult
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_REASON = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
+           401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           409: "Conflict", 410: "Gone", 412: "Precondition Failed", 415: "Unsupported Media Type",
+           422: "Unprocessable Entity", 500: "Internal Server Error"}
+
+
+@dataclass
+class Entry:
+    """One parsed ``Bundle.entry``."""
+
+    index: int
+    method: str
+    url: str  # relative to the FHIR base, without a leading slash
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: str | None = None
+    if_match: str | None = None
+    target_id: str | None = None  # id assigned (POST) or resolved (conditional PUT) before writing
+    existing: Stored | None = None  # conditional create that matched
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self.url.split("?", 1)[0].strip("/")
+
+    @property
+    def query(self) -> str:
+        return self.url.split("?", 1)[1] if "?" in self.url else ""
+
+    @property
+    def label(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+class BundleProcessor:
+    """Process a transaction or batch Bundle with one repository (one database transaction)."""
+
+    def __init__(self, repo: Repository, base_url: str, return_representation: bool = False) -> None:
+        self.repo = repo
+        self.base_url = base_url.rstrip("/")
+        self.return_representation = return_representation
+
+    def process(self, bundle: Any) -> dict[str, Any]:
+        """Return the ``transaction-response`` or ``batch-response`` Bundle."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise invalid("POST to the FHIR base takes a Bundle", ("Bundle",))
+        kind = bundle.get("type")
+        if kind not in ("transaction", "batch"):
+            raise invalid(f"Bundle.type must be 'transaction' or 'batch', not {kind!r}", ("Bundle.type",))
+        raw_entries = bundle.get("entry") or []
+        if not isinstance(raw_entries, list):
+            raise invalid("Bundle.entry must be an array", ("Bundle.entry",))
+        if kind == "transaction":
+            entries = [self._parse_entry(i, e) for i, e in enumerate(raw_entries)]
+            self._transaction(entries)
+        else:
+            entries = self._batch(raw_entries)
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "type": f"{kind}-response",
+            "entry": [self._response_entry(e) for e in entries],
+        }
+
+    # -- transaction ---------------------------------------------------------------------
+
+    def _transaction(self, entries: list[Entry]) -> None:
+        full_urls = [e.full_url for e in entries if e.full_url]
+        if len(full_urls) != len(set(full_urls)):
+            raise invalid("Two entries of the transaction share a fullUrl", ("Bundle.entry.fullUrl",))
+        mapping: dict[str, str] = {}
+        for e in entries:
+            with _located(e):
+                self._assign_target(e, mapping)
+        for e in entries:
+            if e.resource is not None and e.method in ("POST", "PUT"):
+                with _located(e):
+                    e.resource = self._rewrite(e.resource, mapping)
+        for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+            with _located(e):
+                e.response = self._execute(e)
+
+    def _assign_target(self, e: Entry, mapping: dict[str, str]) -> None:
+        """Decide the id each POST/PUT will get, so references can point at it up front."""
+        if e.method == "POST":
+            rtype = self._type_of(e)
+            if e.if_none_exist:
+                ids = self.repo.match(rtype, e.if_none_exist, limit=2)
+                if len(ids) > 1:
+                    raise precondition_failed(f"ifNoneExist {e.if_none_exist!r} matches more than one {rtype}")
+                if ids:
+                    e.existing = self.repo.read(rtype, ids[0])
+            e.target_id = e.existing.id if e.existing else str(uuid.uuid4())
+            if e.full_url:
+                mapping[e.full_url] = f"{rtype}/{e.target_id}"
+        elif e.method == "PUT" and e.full_url:
+            rtype, rid = self._split_instance(e, allow_conditional=True)
+            if rid is None:
+                ids = self.repo.match(rtype, e.query, limit=2)
+                if len(ids) > 1:
+                    raise precondition_failed(f"Criteria {e.query!r} match more than one {rtype}")
+                rid = ids[0] if ids else (e.resource or {}).get("id") or str(uuid.uuid4())
+                e.target_id = rid
+            mapping[e.full_url] = f"{rtype}/{rid}"
+
+    def _rewrite(self, node: Any, mapping: dict[str, str]) -> Any:
+        """Replace ``Reference.reference`` values that name a bundle entry or a search."""
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k == "reference" and isinstance(v, str):
+                    out[k] = self._resolve_reference(v, mapping)
+                else:
+                    out[k] = self._rewrite(v, mapping)
+            return out
+        if isinstance(node, list):
+            return [self._rewrite(v, mapping) for v in node]
+        return node
+
+    def _resolve_reference(self, ref: str, mapping: dict[str, str]) -> str:
+        if ref in mapping:
+            return mapping[ref]
+        if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+            raise invalid(f"Reference {ref!r} names no entry of this transaction")
+        head, sep, query = ref.partition("?")
+        if sep and "/" not in head and resources.is_resource_type(head):
+            # Conditional reference: https://hl7.org/fhir/R4B/http.html#trules
+            ids = self.repo.match(head, query, limit=2)
+            if len(ids) != 1:
+                raise precondition_failed(
+                    f"Conditional reference {ref!r} matches {'no' if not ids else 'more than one'} {head}")
+            return f"{head}/{ids[0]}"
+        return ref
+
+    # -- batch ---------------------------------------------------------------------------
+
+    def _batch(self, raw_entries: list[Any]) -> list[Entry]:
+        entries: list[Entry] = []
+        for i, raw in enumerate(raw_entries):
+            try:
+                with self.repo.session.begin_nested():
+                    e = self._parse_entry(i, raw)
+                    if e.resource is not None and e.method in ("POST", "PUT"):
+                        e.resource = self._rewrite(e.resource, {})
+                    if e.method == "POST" and e.if_none_exist:
+                        self._assign_target(e, {})
+                    e.response = self._execute(e)
+            except FhirError as err:
+                e = Entry(i, "GET", "", None, None)
+                e.response = {"status": _status_line(err.status), "outcome": _prefix(err, i).outcome()}
+            entries.append(e)
+        return entries
+
+    # -- entries -------------------------------------------------------------------------
+
+    def _parse_entry(self, index: int, raw: Any) -> Entry:
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict):
+            raise invalid(f"{where} must be an object", (where,))
+        request = raw.get("request")
+        if not isinstance(request, dict):
+            raise invalid(f"{where}.request is required in a transaction or batch", (f"{where}.request",))
+        method = request.get("method")
+        if method not in _ORDER:
+            raise invalid(f"{where}.request.method {method!r} is not one of GET HEAD POST PUT PATCH DELETE",
+                          (f"{where}.request.method",))
+        url = request.get("url")
+        if not isinstance(url, str) or not url.strip():
+            raise invalid(f"{where}.request.url is required", (f"{where}.request.url",))
+        resource = raw.get("resource")
+        if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
+            raise invalid(f"{where}.resource is required for {method}", (f"{where}.resource",))
+        full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
+        return Entry(index, method, self._relative(url.strip()), resource if isinstance(resource, dict) else None,
+                     full_url, _str(request.get("ifNoneExist")), _str(request.get("ifMatch")))
+
+    def _relative(self, url: str) -> str:
+        if url.startswith(self.base_url + "/"):
+            return url[len(self.base_url) + 1:]
+        if urlsplit(url).scheme:
+            raise invalid(f"request.url {url!r} is not on this server")
+        return url.lstrip("/")
+
+    def _execute(self, e: Entry) -> dict[str, Any]:
+        repo = self.repo
+        if e.method == "POST":
+            rtype = self._type_of(e)
+            if e.existing is not None:
+                return self._written(WriteResult(e.existing, "existing"))
+            if e.resource.get("resourceType") != rtype:  # type: ignore[union-attr]
+                raise invalid(f"resourceType {e.resource.get('resourceType')!r} does not match "  # type: ignore[union-attr]
+                              f"request.url {e.url!r}", ("resourceType",))
+            return self._written(repo.create(e.resource, resource_id=e.target_id))  # type: ignore[arg-type]
+        if e.method == "PUT":
+            rtype, rid = self._split_instance(e, allow_conditional=True)
+            if rid is None and e.target_id is None:
+                return self._written(repo.conditional_update(rtype, e.query, e.resource, if_match=e.if_match))  # type: ignore[arg-type]
+            rid = rid or e.target_id
+            body = e.resource if e.resource.get("id") else {**e.resource, "id": rid}  # type: ignore[union-attr]
+            return self._written(repo.update(rtype, rid, body, if_match=e.if_match))  # type: ignore[arg-type]
+        if e.method == "PATCH":
+            rtype, rid = self._split_instance(e)
+            return self._written(repo.patch(rtype, rid, _json_patch_of(e.resource), if_match=e.if_match))  # type: ignore[arg-type]
+        if e.method == "DELETE":
+            rtype, rid = self._split_instance(e, allow_conditional=True)
+            result = repo.conditional_delete(rtype, e.query) if rid is None \
+                else repo.delete(rtype, rid, if_match=e.if_match)
+            out: dict[str, Any] = {"status": "204 No Content"}
+            if result is not None:
+                out["etag"] = result.stored.etag
+            return out
+        return self._get(e)
+
+    def _get(self, e: Entry) -> dict[str, Any]:
+        parts = e.path.split("/")
+        if e.query or len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "_history"):
+            raise not_supported(f"GET {e.url!r} in a Bundle: only read and vread are supported")
+        rtype = self._check_type(parts[0])
+        stored = self.repo.read(rtype, parts[1]) if len(parts) == 2 else self.repo.vread(rtype, parts[1], parts[3])
+        return {"status": "200 OK", "etag": stored.etag, "lastModified": instant(stored.last_updated),
+                "resource": stored.content}
+
+    def _written(self, result: WriteResult) -> dict[str, Any]:
+        s = result.stored
+        out: dict[str, Any] = {
+            "status": _status_line(result.status),
+            "location": f"{s.resource_type}/{s.id}/_history/{s.version_id}",
+            "etag": s.etag,
+            "lastModified": instant(s.last_updated),
+        }
+        if self.return_representation:
+            out["resource"] = s.content
+        return out
+
+    def _response_entry(self, e: Entry) -> dict[str, Any]:
+        response = dict(e.response)
+        resource = response.pop("resource", None)
+        entry: dict[str, Any] = {}
+        if resource is not None:
+            entry["fullUrl"] = f"{self.base_url}/{resource['resourceType']}/{resource['id']}"
+            entry["resource"] = resource
+        entry["response"] = response
+        return entry
+
+    def _type_of(self, e: Entry) -> str:
+        if "/" in e.path:
+            raise invalid(f"POST request.url must be a resource type, not {e.url!r}")
+        return self._check_type(e.path)
+
+    def _split_instance(self, e: Entry, allow_conditional: bool = False) -> tuple[str, str | None]:
+        parts = e.path.split("/")
+        if len(parts) == 2 and not e.query:
+            return self._check_type(parts[0]), resources.check_id(parts[1])
+        if len(parts) == 1 and e.query and allow_conditional:
+            return self._check_type(parts[0]), None
+        raise invalid(f"request.url {e.url!r} must be Type/id" + (" or Type?criteria" if allow_conditional else ""))
+
+    @staticmethod
+    def _check_type(name: str) -> str:
+        if not resources.is_resource_type(name):
+            raise FhirError(404, [Issue("error", "not-supported", f"Unknown resource type {name!r}")])
+        return name
+
+
+def _json_patch_of(resource: dict[str, Any]) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (https://hl7.org/fhir/R4B/http.html#patch)."""
+    if resource.get("resourceType") != "Binary" or "json-patch" not in str(resource.get("contentType", "")):
+        raise not_supported("PATCH entries must carry a Binary with contentType application/json-patch+json")
+    try:
+        return orjson.loads(base64.b64decode(resource.get("data", ""), validate=True))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError) as exc:
+        raise invalid(f"The Binary's data is not a base64 JSON Patch document: {exc}") from None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _status_line(status: int) -> str:
+    return f"{status} {_REASON.get(status, '')}".strip()
+
+
+def _prefix(err: FhirError, index: int) -> FhirError:
+    """Locate an entry's errors inside the Bundle (``Bundle.entry[3].resource.name[0]``)."""
+    where = f"Bundle.entry[{index}]"
+    issues = []
+    for issue in err.issues:
+        expr = tuple(_relocate(x, where) for x in issue.expression) or (where,)
+        diag = issue.diagnostics if issue.diagnostics.startswith(where) else f"{where}: {issue.diagnostics}"
+        issues.append(Issue(issue.severity, issue.code, diag, expr))
+    return FhirError(err.status, issues, err.headers)
+
+
+def _relocate(expression: str, where: str) -> str:
+    if expression.startswith("Bundle.entry["):
+        return expression
+    head, dot, rest = expression.partition(".")
+    if resources.is_resource_type(head):
+        return f"{where}.resource{dot}{rest}"
+    return f"{where}.{expression}"
+
+
+class _located:
+    """Context manager that prefixes an entry's errors with its location in the Bundle."""
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if isinstance(exc, FhirError):
+            raise _prefix(exc, self.entry.index) from None
+        return False
+

@@ -1,0 +1,370 @@
+"""The repository: the only writer of resource, version and index rows.
+
+Every write validates the resource, assigns ``meta.versionId``/``meta.lastUpdated``, writes the
+current row, appends an immutable version row and refreshes the index rows — all inside the
+caller's transaction (the repository flushes, never commits).
+https://hl7.org/fhir/R4B/http.html
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
+
+import jsonpatch
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .. import resources
+from ..clock import aware, instant, utcnow
+from ..context import RequestContext
+from ..outcome import FhirError, Issue, conflict, gone, invalid, not_found, precondition_failed
+from . import criteria as crit
+from .models import Resource, ResourceIdentifier, ResourceVersion
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored version of a resource (``content`` is None for a tombstone)."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+    method: str = "GET"
+    pk: int | None = None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: ``created`` (201), ``updated``, ``unchanged``, ``existing``, ``deleted``."""
+
+    stored: Stored
+    outcome: str
+
+    @property
+    def status(self) -> int:
+        return 201 if self.outcome == "created" else 200
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of history, newest first; ``next_before`` is the keyset cursor of the next page."""
+
+    items: list[Stored]
+    total: int
+    next_before: int | None
+
+
+class Repository:
+    """Create, read, vread, update, patch, delete and history over one SQLAlchemy session."""
+
+    def __init__(self, session: Session, ctx: RequestContext,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.clock = clock
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> Stored:
+        """Current version; 404 when unknown, 410 when deleted."""
+        current = self._current(resource_type, resource_id)
+        if current is None:
+            raise not_found(f"Resource {resource_type}/{resource_id} is not known")
+        if current.deleted:
+            err = gone(f"Resource {resource_type}/{resource_id} was deleted (version {current.version_id})")
+            err.headers["ETag"] = current.etag
+            raise err
+        return current
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> Stored:
+        """One version; 404 when that version does not exist, 410 when it is a tombstone."""
+        if not version_id.isdigit() or len(version_id) > 9:
+            raise not_found(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
+        row = self.session.execute(
+            select(ResourceVersion).where(
+                ResourceVersion.resource_type == resource_type,
+                ResourceVersion.id == resource_id,
+                ResourceVersion.version_id == int(version_id),
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise not_found(f"Version {version_id} of {resource_type}/{resource_id} is not known")
+        stored = _from_version(row)
+        if stored.deleted:
+            raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return stored
+
+    def match(self, resource_type: str, query: str, limit: int | None = None) -> list[str]:
+        """Ids of the current resources matching conditional criteria (``identifier=…``)."""
+        if query.startswith(f"{resource_type}?"):
+            query = query[len(resource_type) + 1:]  # tolerated, as HAPI does: "Patient?identifier=…"
+        criteria = crit.parse(query)
+        if criteria.empty:
+            raise invalid(f"Conditional criteria for {resource_type} are empty")
+        return list(self.session.scalars(crit.select_ids(resource_type, criteria, limit)))
+
+    def search(self, resource_type: str, criteria: crit.Criteria, *, count: int = 20,
+               after: str | None = None) -> tuple[list[Stored], int]:
+        """Current resources matching ``criteria``, ordered by id, keyset-paged after ``after``."""
+        ids = crit.select_ids(resource_type, criteria).order_by(None)
+        total = self.session.scalar(select(func.count()).select_from(ids.subquery())) or 0
+        stmt = select(Resource).where(Resource.resource_type == resource_type, Resource.id.in_(ids))
+        if after is not None:
+            stmt = stmt.where(Resource.id > after)
+        rows = self.session.scalars(stmt.order_by(Resource.id).limit(count))
+        return [Stored(r.resource_type, r.id, r.version_id, aware(r.last_updated), False, r.content)
+                for r in rows], total
+
+    def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
+                since: datetime | None = None, count: int = 20, before: int | None = None) -> HistoryPage:
+        """Versions newest first, at system, type or instance level (keyset-paged on ``pk``)."""
+        where = []
+        if resource_type is not None:
+            where.append(ResourceVersion.resource_type == resource_type)
+        if resource_id is not None:
+            where.append(ResourceVersion.id == resource_id)
+            if self._current(resource_type or "", resource_id) is None:
+                raise not_found(f"Resource {resource_type}/{resource_id} is not known")
+        if since is not None:
+            where.append(ResourceVersion.last_updated >= since)
+        total = self.session.scalar(select(func.count()).select_from(ResourceVersion).where(*where)) or 0
+        stmt = select(ResourceVersion).where(*where)
+        if before is not None:
+            stmt = stmt.where(ResourceVersion.pk < before)
+        rows = list(self.session.scalars(stmt.order_by(ResourceVersion.pk.desc()).limit(count + 1)))
+        items = [_from_version(r) for r in rows[:count]]
+        next_before = items[-1].pk if len(rows) > count and items else None
+        return HistoryPage(items, total, next_before)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None,
+               resource_id: str | None = None) -> WriteResult:
+        """Create with a server-assigned id (the body's ``id`` is ignored, as the spec says).
+
+        With ``if_none_exist`` the create happens only when nothing matches; one match is
+        returned as ``existing``; several matches are a 412.
+        https://hl7.org/fhir/R4B/http.html#ccreate
+        """
+        resources.validate(resource)
+        rtype = resource["resourceType"]
+        if if_none_exist:
+            self._lock(f"create:{rtype}?{if_none_exist}")
+            ids = self.match(rtype, if_none_exist, limit=2)
+            if len(ids) > 1:
+                raise precondition_failed(
+                    f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
+            if ids:
+                return WriteResult(self.read(rtype, ids[0]), "existing")
+        new_id = resource_id or str(uuid.uuid4())
+        return WriteResult(self._write(rtype, new_id, resource, 1, "POST", previous=None), "created")
+
+    def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
+               if_match: str | None = None, method: str = "PUT") -> WriteResult:
+        """Update (or create with the client's id); an unchanged body makes no new version."""
+        resources.check_id(resource_id)
+        resources.validate(resource, resource_type)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise invalid("The resource in an update must carry an id", (f"{resource_type}.id",))
+        if body_id != resource_id:
+            raise invalid(f"The body's id {body_id!r} does not match the URL's id {resource_id!r}",
+                          (f"{resource_type}.id",))
+        current = self._current(resource_type, resource_id, for_update=True)
+        _check_if_match(current, if_match, resource_type, resource_id)
+        if current is None:
+            return WriteResult(self._write(resource_type, resource_id, resource, 1, method, None), "created")
+        if not current.deleted and _same_content(current.content, resource, self.ctx):
+            return WriteResult(current, "unchanged")
+        outcome = "created" if current.deleted else "updated"
+        stored = self._write(resource_type, resource_id, resource, current.version_id + 1, method, current)
+        return WriteResult(stored, outcome)
+
+    def conditional_update(self, resource_type: str, query: str, resource: dict[str, Any], *,
+                           if_match: str | None = None) -> WriteResult:
+        """``PUT Type?criteria``: create when none match, update the one match, 412 for several."""
+        self._lock(f"update:{resource_type}?{query}")
+        ids = self.match(resource_type, query, limit=2)
+        if len(ids) > 1:
+            raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
+        if not ids:
+            resources.validate(resource, resource_type)
+            body_id = resource.get("id")
+            if body_id is not None:
+                resources.check_id(body_id, f"{resource_type}.id")
+                return self.update(resource_type, body_id, resource, if_match=if_match)
+            return self.create(resource)
+        if resource.get("id") not in (None, ids[0]):
+            raise invalid(f"The body's id {resource.get('id')!r} differs from the matched "
+                          f"resource {resource_type}/{ids[0]}", (f"{resource_type}.id",))
+        return self.update(resource_type, ids[0], {**resource, "id": ids[0]}, if_match=if_match)
+
+    def patch(self, resource_type: str, resource_id: str, operations: Any, *,
+              if_match: str | None = None) -> WriteResult:
+        """Apply a JSON Patch (RFC 6902) to the current version. https://hl7.org/fhir/R4B/http.html#patch"""
+        current = self.read(resource_type, resource_id)
+        _check_if_match(current, if_match, resource_type, resource_id)
+        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+            raise invalid("A JSON Patch document must be a JSON array of operation objects")
+        try:
+            patched = jsonpatch.JsonPatch(operations).apply(copy.deepcopy(current.content))
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise FhirError(422, [Issue("error", "processing", f"JSON Patch test failed: {exc}")]) from None
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError,
+                IndexError, ValueError) as exc:
+            raise FhirError(422, [Issue("error", "processing", f"JSON Patch could not be applied: {exc}")]) from None
+        if not isinstance(patched, dict) or patched.get("resourceType") != resource_type \
+                or patched.get("id") != resource_id:
+            raise FhirError(422, [Issue("error", "processing",
+                                        "A patch must not change resourceType or id")])
+        return self.update(resource_type, resource_id, patched, if_match=current.etag, method="PATCH")
+
+    def delete(self, resource_type: str, resource_id: str, *, if_match: str | None = None) -> WriteResult | None:
+        """Write a tombstone version; None when there was nothing (left) to delete."""
+        resources.check_id(resource_id)
+        current = self._current(resource_type, resource_id, for_update=True)
+        _check_if_match(current, if_match, resource_type, resource_id)
+        if current is None or current.deleted:
+            return None
+        stored = self._write(resource_type, resource_id, None, current.version_id + 1, "DELETE", current)
+        return WriteResult(stored, "deleted")
+
+    def conditional_delete(self, resource_type: str, query: str) -> WriteResult | None:
+        """``DELETE Type?criteria``: delete the one match; 412 when several match (HAPI's default)."""
+        ids = self.match(resource_type, query, limit=2)
+        if len(ids) > 1:
+            raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
+        return self.delete(resource_type, ids[0]) if ids else None
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _current(self, resource_type: str, resource_id: str, for_update: bool = False) -> Stored | None:
+        stmt = select(Resource).where(Resource.resource_type == resource_type, Resource.id == resource_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+        if row is None:
+            return None
+        return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
+                      row.content, "GET")
+
+    def _lock(self, key: str) -> None:
+        """Serialise conditional writes on the same criteria (no duplicate from two racing
+        conditional creates). SQLite transactions are already serial (BEGIN IMMEDIATE)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+
+    def _write(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None,
+               version_id: int, method: str, previous: Stored | None) -> Stored:
+        now = self.clock()
+        if previous is not None and now <= previous.last_updated:
+            # Keep lastUpdated strictly increasing along one resource's history.
+            now = previous.last_updated + timedelta(milliseconds=1)
+        content = None
+        if resource is not None:
+            content = dict(resource)
+            content["id"] = resource_id
+            meta = dict(content.get("meta") or {})
+            meta["versionId"] = str(version_id)
+            meta["lastUpdated"] = instant(now)
+            if self.ctx.source and "source" not in meta:
+                meta["source"] = self.ctx.source
+            content["meta"] = meta
+        deleted = resource is None
+        values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
+        try:
+            if previous is None:
+                self.session.execute(insert(Resource).values(resource_type=resource_type, id=resource_id, **values))
+            else:
+                result = self.session.execute(
+                    update(Resource)
+                    .where(Resource.resource_type == resource_type, Resource.id == resource_id,
+                           Resource.version_id == previous.version_id)
+                    .values(**values))
+                if result.rowcount != 1:
+                    raise conflict(f"{resource_type}/{resource_id} was changed by another request; retry")
+            pk = self.session.execute(
+                insert(ResourceVersion).values(resource_type=resource_type, id=resource_id, method=method, **values)
+                .returning(ResourceVersion.pk)).scalar_one()
+        except IntegrityError:
+            raise conflict(f"{resource_type}/{resource_id} was written by another request at the same "
+                           "time; retry") from None
+        self._index(resource_type, resource_id, content, replace=previous is not None)
+        return Stored(resource_type, resource_id, version_id, now, deleted, content, method, pk)
+
+    def _index(self, resource_type: str, resource_id: str, content: dict[str, Any] | None, replace: bool) -> None:
+        if replace:
+            self.session.execute(delete(ResourceIdentifier).where(
+                ResourceIdentifier.resource_type == resource_type, ResourceIdentifier.resource_id == resource_id))
+        rows = [dict(resource_type=resource_type, resource_id=resource_id, system=s, value=v)
+                for s, v in _identifiers(content)] if content else []
+        if rows:
+            self.session.execute(insert(ResourceIdentifier), rows)
+
+
+def _identifiers(content: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    """(system, value) of ``identifier`` — a list on most types, a single object on a few."""
+    ident = content.get("identifier")
+    items = ident if isinstance(ident, list) else [ident] if isinstance(ident, dict) else []
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("value"), str):
+            key = (item.get("system") if isinstance(item.get("system"), str) else "", item["value"])
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+
+def _check_if_match(current: Stored | None, if_match: str | None, resource_type: str, resource_id: str) -> None:
+    """``If-Match: W/"n"`` must name the current version. https://hl7.org/fhir/R4B/http.html#concurrency"""
+    if if_match is None:
+        return
+    wanted = parse_etag(if_match)
+    if current is None or current.deleted or wanted != str(current.version_id):
+        have = "none" if current is None or current.deleted else current.version_id
+        raise precondition_failed(
+            f"If-Match {if_match} does not match the current version ({have}) of {resource_type}/{resource_id}")
+
+
+def parse_etag(value: str) -> str:
+    """``W/"3"`` → ``3`` (also accepts ``"3"`` and ``3``)."""
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: RequestContext) -> bool:
+    """True when an update would change nothing but the server-assigned meta (HAPI skips those)."""
+    if stored is None:
+        return False
+
+    def strip(doc: dict[str, Any]) -> dict[str, Any]:
+        out = dict(doc)
+        meta = {k: v for k, v in (out.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        if ctx.source and meta.get("source") == ctx.source:
+            meta.pop("source")
+        out.pop("meta", None)
+        if meta:
+            out["meta"] = meta
+        return out
+
+    return strip(stored) == strip(incoming)
+
+
+def _from_version(row: ResourceVersion) -> Stored:
+    return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
+                  row.content, row.method, row.pk)

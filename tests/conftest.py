@@ -1,0 +1,128 @@
+"""Fixtures: an app on a temporary database — SQLite by default, PostgreSQL when
+HEALTHHUB_TEST_DATABASE_URL is set (each run uses its own schema and drops it at the end)."""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from healthhub import create_app, migrate
+from healthhub.config import Config
+from healthhub.db import make_engine
+from healthhub.storage.models import Base
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+FHIR_JSON = "application/fhir+json"
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    url = os.environ.get("HEALTHHUB_TEST_DATABASE_URL")
+    if not url:
+        db_file = tmp_path_factory.mktemp("db") / "healthhub.db"
+        cfg = Config(database_url=f"sqlite:///{db_file}", base_url="http://hub.test")
+        engine = make_engine(cfg)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield cfg
+        return
+    schema = f"hh_test_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(Config(database_url=url))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    cfg = Config(database_url=url, base_url="http://hub.test",
+                 engine_options={"connect_args": {"options": f"-csearch_path={schema}"}})
+    engine = make_engine(cfg)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield cfg
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _clean(app: Any) -> None:
+    engine = app.extensions["healthhub.db"].engine
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
+        else:
+            for name in tables:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def make_app(base_config: Config) -> Iterator[Callable[..., Any]]:
+    """Build an app on the test database with config overrides; tables are emptied afterwards."""
+    apps: list[Any] = []
+
+    def factory(**overrides: Any) -> Any:
+        from dataclasses import replace
+        app = create_app(replace(base_config, **overrides))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    if apps:
+        _clean(apps[0])
+    for app in apps:
+        app.extensions["healthhub.db"].dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Any]) -> Any:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def db_counts(app: Any) -> Callable[[], dict[str, int]]:
+    """Row counts of every table: proof that a failed request changed nothing."""
+    def counts() -> dict[str, int]:
+        engine = app.extensions["healthhub.db"].engine
+        with engine.connect() as conn:
+            return {t.name: conn.execute(text(f"SELECT COUNT(*) FROM {t.name}")).scalar_one()
+                    for t in Base.metadata.sorted_tables}
+    return counts
+
+
+@pytest.fixture
+def live_server(app: Any) -> Iterator[str]:
+    """The app on a real HTTP port (for FHIR client libraries); yields the FHIR base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/fhir"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def load_json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def post_json(client: Any, url: str, body: Any, **headers: str) -> Any:
+    return client.post(url, data=orjson.dumps(body), headers={"Content-Type": FHIR_JSON, **headers})
+
+
+def put_json(client: Any, url: str, body: Any, **headers: str) -> Any:
+    return client.put(url, data=orjson.dumps(body), headers={"Content-Type": FHIR_JSON, **headers})
