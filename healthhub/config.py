@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,8 +20,6 @@ class Config:
     min_cell: int = 11
     export_dir: str = "instance/exports"
     max_body: int = 50 * 1024 * 1024
-    #: Extra keyword arguments for ``create_engine`` (tests use it for a PostgreSQL schema).
-    engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":

@@ -23,6 +23,9 @@ def _json_dumps(value: Any) -> str:
 def make_engine(config: Config) -> Engine:
     """Create the engine for ``config.database_url`` (the SQLite folder is created if missing)."""
     url = make_url(config.database_url)
+    if url.drivername == "postgresql":
+        # The psycopg 3 driver (the `postgres` extra), whatever SQLAlchemy's default for a bare URL.
+        url = url.set(drivername="postgresql+psycopg")
     options: dict[str, Any] = {
         "json_serializer": _json_dumps,
         "json_deserializer": orjson.loads,
@@ -34,7 +37,6 @@ def make_engine(config: Config) -> Engine:
         options["connect_args"] = {"timeout": 30}
     else:
         options["pool_pre_ping"] = True
-    options.update(config.engine_options)
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

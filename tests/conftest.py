@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import orjson
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from healthhub import create_app, migrate
 from healthhub.config import Config
@@ -37,8 +38,9 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     admin = make_engine(Config(database_url=url))
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    cfg = Config(database_url=url, base_url="http://hub.test",
-                 engine_options={"connect_args": {"options": f"-csearch_path={schema}"}})
+    # The schema goes into the URL (libpq "options"), so the CLI under test can use it too.
+    schema_url = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    cfg = Config(database_url=schema_url.render_as_string(hide_password=False), base_url="http://hub.test")
     engine = make_engine(cfg)
     migrate.upgrade(engine)
     engine.dispose()

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from .. import resources
 from ..clock import aware, instant, utcnow
@@ -81,6 +82,8 @@ def system_history() -> Response:
 def type_level(rtype: str) -> Response:
     if rtype.startswith("$"):
         return _operation(rtype[1:], "system", None, None)
+    if rtype in ("metadata", "_history"):  # system endpoints that only answer GET
+        raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
     rtype = _type(rtype)
     if request.method == "GET":
         return _search(rtype, request.args.to_dict(flat=False))

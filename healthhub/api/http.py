@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import orjson
-from flask import Response, request
+from flask import Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..clock import http_date, instant
 from ..jsonio import parse_json
@@ -33,8 +34,19 @@ def read_json(allowed: frozenset[str] = JSON_TYPES) -> Any:
     charset = request.mimetype_params.get("charset")
     if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
         raise FhirError(415, [Issue("error", "not-supported", f"charset {charset!r} is not supported; use UTF-8")])
-    data = request.get_data(cache=False)
-    return parse_json(data)
+    return parse_json(read_body())
+
+
+def read_body() -> bytes:
+    """The raw body, refused with 413 past ``MAX_CONTENT_LENGTH`` — also when it comes chunked,
+    where Werkzeug's limited stream would silently cut it short instead."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        data = request.environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+    return request.get_data(cache=False)
 
 
 def negotiate() -> str:

@@ -94,15 +94,18 @@ def select_ids(resource_type: str, criteria: Criteria, limit: int | None = None)
     for alternatives in criteria.ids:
         stmt = stmt.where(Resource.id.in_(alternatives))
     for tokens in criteria.identifiers:
+        # IN (subquery on the identifier index) lets both databases start from the index
+        # rather than test every resource of the type.
         conds = []
         for tok in tokens:
-            c = [ResourceIdentifier.resource_type == resource_type,
-                 ResourceIdentifier.resource_id == Resource.id]
+            c = []
             if tok.code is not None:
                 c.append(ResourceIdentifier.value == tok.code)
             if tok.system is not None:
                 c.append(ResourceIdentifier.system == tok.system)
             conds.append(and_(*c))
-        stmt = stmt.where(select(ResourceIdentifier.pk).where(or_(*conds)).exists())
+        stmt = stmt.where(Resource.id.in_(
+            select(ResourceIdentifier.resource_id).where(ResourceIdentifier.resource_type == resource_type,
+                                                         or_(*conds))))
     stmt = stmt.order_by(Resource.id)
     return stmt.limit(limit) if limit is not None else stmt

@@ -161,7 +161,7 @@ class Repository:
         resources.validate(resource)
         rtype = resource["resourceType"]
         if if_none_exist:
-            self._lock(f"create:{rtype}?{if_none_exist}")
+            self.lock(f"create:{rtype}?{if_none_exist}")
             ids = self.match(rtype, if_none_exist, limit=2)
             if len(ids) > 1:
                 raise precondition_failed(
@@ -195,7 +195,7 @@ class Repository:
     def conditional_update(self, resource_type: str, query: str, resource: dict[str, Any], *,
                            if_match: str | None = None) -> WriteResult:
         """``PUT Type?criteria``: create when none match, update the one match, 412 for several."""
-        self._lock(f"update:{resource_type}?{query}")
+        self.lock(f"update:{resource_type}?{query}")
         ids = self.match(resource_type, query, limit=2)
         if len(ids) > 1:
             raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
@@ -260,7 +260,7 @@ class Repository:
         return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
                       row.content, "GET")
 
-    def _lock(self, key: str) -> None:
+    def lock(self, key: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
         conditional creates). SQLite transactions are already serial (BEGIN IMMEDIATE)."""
         if self.session.get_bind().dialect.name == "postgresql":

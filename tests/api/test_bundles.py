@@ -1,0 +1,159 @@
+"""transaction and batch Bundles, checked against counts computed from the raw Synthea files."""
+from __future__ import annotations
+
+import base64
+from collections import Counter
+
+import orjson
+
+from tests.conftest import DATA, load_json, post_json
+
+SYNTHEA = DATA / "synthea"
+ABDUL = SYNTHEA / "Abdul_Koepp_e925b0f3-8006-43f6-aa31-94bd215e55e7.json"
+KILEY = SYNTHEA / "Kiley170_Glover433_87b83af9-9b56-f6cd-0e0c-dbe665ac61ec.json"
+INFRA = [SYNTHEA / "hospitalInformation1633536936158.json", SYNTHEA / "practitionerInformation1633536936158.json"]
+
+
+def type_total(client, rtype):
+    return client.get(f"/fhir/{rtype}?_count=0").json["total"]
+
+
+def test_synthea_transaction_resolves_urn_uuid_references(client):
+    raw = load_json(ABDUL)
+    expected = Counter(e["resource"]["resourceType"] for e in raw["entry"])
+    resp = post_json(client, "/fhir", raw)
+    assert resp.status_code == 200, resp.json
+    body = resp.json
+    assert body["type"] == "transaction-response"
+    assert len(body["entry"]) == len(raw["entry"])
+    assert all(e["response"]["status"] == "201 Created" for e in body["entry"])
+    for rtype, n in expected.items():
+        assert type_total(client, rtype) == n, rtype
+    # Every urn:uuid reference now points at the id the server gave that entry.
+    assigned = {raw_e["fullUrl"]: out["response"]["location"].rsplit("/_history", 1)[0]
+                for raw_e, out in zip(raw["entry"], body["entry"])}
+    patient_ref = assigned[next(e["fullUrl"] for e in raw["entry"] if e["resource"]["resourceType"] == "Patient")]
+    for raw_e, out in zip(raw["entry"], body["entry"]):
+        if raw_e["resource"]["resourceType"] == "Observation":
+            stored = client.get(f"/fhir/{out['response']['location'].rsplit('/_history', 1)[0]}").json
+            assert stored["subject"]["reference"] == patient_ref
+            assert stored["encounter"]["reference"] == assigned[raw_e["resource"]["encounter"]["reference"]]
+            assert stored["valueQuantity" if "valueQuantity" in stored else "code"] == \
+                raw_e["resource"]["valueQuantity" if "valueQuantity" in stored else "code"]
+            break
+    else:
+        raise AssertionError("the bundle has no Observation")
+
+
+def test_batch_with_if_none_exist_then_conditional_references(client):
+    infra_counts: Counter[str] = Counter()
+    for path in INFRA:
+        raw = load_json(path)
+        # Conditional creates count once per distinct criteria; plain POSTs once each.
+        keys = {(e["resource"]["resourceType"], e["request"]["ifNoneExist"])
+                for e in raw["entry"] if "ifNoneExist" in e["request"]}
+        infra_counts.update(rtype for rtype, _ in keys)
+        infra_counts.update(e["resource"]["resourceType"] for e in raw["entry"] if "ifNoneExist" not in e["request"])
+        resp = post_json(client, "/fhir", raw)
+        assert resp.status_code == 200
+        assert resp.json["type"] == "batch-response"
+        statuses = Counter(e["response"]["status"] for e in resp.json["entry"])
+        assert set(statuses) <= {"201 Created", "200 OK"}
+    for rtype, n in infra_counts.items():
+        assert type_total(client, rtype) == n, rtype
+    # Sending (part of) the batch again creates nothing: ifNoneExist finds every resource.
+    resend = load_json(INFRA[0])
+    resend["entry"] = resend["entry"][:200]
+    again = post_json(client, "/fhir", resend).json
+    assert {e["response"]["status"] for e in again["entry"]} == {"200 OK"}
+    for rtype, n in infra_counts.items():
+        assert type_total(client, rtype) == n, rtype
+
+    raw = load_json(KILEY)
+    resp = post_json(client, "/fhir", raw)
+    assert resp.status_code == 200, resp.json
+    encounter_entry = next(e for e in raw["entry"] if e["resource"]["resourceType"] == "Encounter")
+    provider_ref = encounter_entry["resource"]["serviceProvider"]["reference"]  # Organization?identifier=…
+    system_value = provider_ref.split("identifier=", 1)[1]
+    org = client.get(f"/fhir/Organization?identifier={system_value}").json["entry"][0]["resource"]
+    enc_loc = resp.json["entry"][raw["entry"].index(encounter_entry)]["response"]["location"]
+    stored = client.get("/fhir/" + enc_loc.rsplit("/_history", 1)[0]).json
+    assert stored["serviceProvider"]["reference"] == f"Organization/{org['id']}"
+
+
+def test_conditional_reference_without_match_fails_the_transaction(client, db_counts):
+    before = db_counts()
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                      "serviceProvider": {"reference": "Organization?identifier=urn:x|none"}},
+         "request": {"method": "POST", "url": "Encounter"}}]})
+    assert resp.status_code == 412
+    assert db_counts() == before
+
+
+def test_transaction_processing_order_and_all_verbs(client):
+    post_json(client, "/fhir/Patient", {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "old"}]})
+    keep = post_json(client, "/fhir/Patient", {"resourceType": "Patient", "gender": "male"}).json
+    patch = base64.b64encode(orjson.dumps([{"op": "replace", "path": "/gender", "value": "female"}])).decode()
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Patient/{keep['id']}"}},
+        {"fullUrl": "urn:uuid:5a3c6e2a-7f7b-4d0b-9a53-0c4c6f0f6a11",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "new"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:s|new"}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
+         "request": {"method": "PATCH", "url": f"Patient/{keep['id']}"}},
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:s|old"}},
+        {"fullUrl": "urn:uuid:0d3f4a8e-2b1c-4e57-8b7d-2f9d3c1e6b22",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:5a3c6e2a-7f7b-4d0b-9a53-0c4c6f0f6a11"}},
+         "request": {"method": "PUT", "url": "Observation/obs-1"}},
+    ]}
+    resp = post_json(client, "/fhir", bundle)
+    assert resp.status_code == 200, resp.json
+    out = resp.json["entry"]
+    # GET runs last, so it sees the PATCH made in the same transaction.
+    assert out[0]["resource"]["gender"] == "female"
+    assert out[1]["response"]["status"] == "201 Created"
+    assert out[2]["response"]["etag"] == 'W/"2"'
+    assert out[3]["response"]["status"] == "204 No Content"
+    new_id = out[1]["response"]["location"].split("/")[1]
+    obs = client.get("/fhir/Observation/obs-1").json
+    assert obs["subject"]["reference"] == f"Patient/{new_id}"
+    assert type_total(client, "Patient") == 2
+
+
+def test_batch_entries_fail_alone(client):
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "male"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "birthDate": "yesterday"}, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient/nope"}},
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient/b-2"}},
+    ]})
+    assert resp.status_code == 200
+    statuses = [e["response"]["status"] for e in resp.json["entry"]]
+    assert statuses == ["201 Created", "400 Bad Request", "404 Not Found", "201 Created"]
+    bad = resp.json["entry"][1]["response"]["outcome"]
+    assert bad["issue"][0]["expression"] == ["Bundle.entry[1].resource.birthDate"]
+    assert type_total(client, "Patient") == 2
+
+
+def test_bundle_shape_errors(client):
+    assert post_json(client, "/fhir", {"resourceType": "Patient"}).status_code == 400
+    assert post_json(client, "/fhir", {"resourceType": "Bundle", "type": "collection"}).status_code == 400
+    no_request = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}}]}
+    body = post_json(client, "/fhir", no_request).json
+    assert body["issue"][0]["expression"] == ["Bundle.entry[0].request"]
+    dangling = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:00000000-0000-0000-0000-000000000000"}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    assert post_json(client, "/fhir", dangling).status_code == 400
+
+
+def test_prefer_representation_returns_resources(client):
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "male"}, "request": {"method": "POST", "url": "Patient"}}]},
+        Prefer="return=representation")
+    entry = resp.json["entry"][0]
+    assert entry["resource"]["gender"] == "male"
+    assert entry["fullUrl"] == f"http://hub.test/fhir/Patient/{entry['resource']['id']}"
