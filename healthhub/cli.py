@@ -24,7 +24,31 @@ def _database(cfg: Config) -> Any:
     return Database(cfg)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turn database and file errors into the one-line error the contract promises."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise click.ClickException(f"bad HEALTHHUB_DATABASE_URL: {_first_line(exc)}") from None
+        except SQLAlchemyError as exc:
+            text = _first_line(getattr(exc, "orig", None) or exc)
+            if "no such table" in text or "does not exist" in text and "relation" in text:
+                text += " (run `healthhub db upgrade` first)"
+            raise click.ClickException(f"database error: {text}") from None
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="healthhub")
 def main() -> None:
     """HealthHub — a FHIR R4B data hub."""
@@ -50,7 +74,7 @@ def db_upgrade(revision: str) -> None:
     try:
         migrate.upgrade(database.engine, revision)
     except (SQLAlchemyError, RuntimeError) as exc:
-        raise click.ClickException(f"migration failed: {str(exc).splitlines()[0]}") from None
+        raise click.ClickException(f"migration failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from None
     finally:
         database.dispose()
     click.echo(f"database at {database.engine.url.render_as_string(hide_password=True)} is at {revision}")
@@ -110,7 +134,7 @@ def demo(force: bool) -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100000),
               help="NDJSON lines per database transaction.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -125,6 +149,8 @@ def ingest(paths: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
     summary = Summary(skipped=skipped)
     for name in skipped:
         click.echo(f"skipped {name}: not a FHIR .json or .ndjson file", err=True)
+    if not files:
+        raise click.ClickException("nothing to ingest: no .json or .ndjson files in the given paths")
     database = _database(_config())
     ctx = RequestContext(actor="cli-ingest")
     total = sum(f.stat().st_size for f in files)

@@ -37,6 +37,10 @@ def make_engine(config: Config) -> Engine:
         options["connect_args"] = {"timeout": 30}
     else:
         options["pool_pre_ping"] = True
+        # No server-side prepared statements: a generic plan cached while a table was still
+        # small stays bad after it grows (a 1000x slowdown seen when loading Synthea), and
+        # prepared statements do not survive PgBouncer's transaction pooling.
+        options["connect_args"] = {"prepare_threshold": None}
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -13,6 +13,7 @@ from fhir.resources.R4B import fhirtypes, get_fhir_model_class
 from fhir.resources.R4B.resource import Resource as _ResourceModel
 from pydantic import ValidationError
 
+from . import bindings
 from .outcome import FhirError, Issue
 
 FHIR_VERSION = "4.3.0"
@@ -78,11 +79,15 @@ def validate(resource: Any, expected_type: str | None = None) -> dict[str, Any]:
     if "id" in resource:
         check_id(resource["id"], f"{rtype}.id")
     try:
-        cls.model_validate(resource)
+        model = cls.model_validate(resource)
     except ValidationError as exc:
         raise FhirError(400, list(_issues(rtype, exc.errors(include_url=False)))) from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise FhirError(400, [Issue("error", "structure", f"Invalid {rtype}: {exc}", (rtype,))]) from None
+    bad_codes = [Issue("error", "code-invalid", f"{path}: {code!r} is not one of {', '.join(sorted(allowed))}",
+                       (path,)) for path, code, allowed in bindings.violations(model, rtype)]
+    if bad_codes:
+        raise FhirError(400, bad_codes)
     return resource
 
 

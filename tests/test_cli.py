@@ -98,7 +98,27 @@ def test_ingest_synthea_transaction(cli, client):
         assert total(client, rtype) == n
 
 
-def test_ingest_missing_path_fails_cleanly(cli):
-    result = CliRunner().invoke(main, ["ingest", "/no/such/file.json"])
+def one_line_error(result):
     assert result.exit_code != 0
     assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+def test_ingest_missing_path_or_nothing_to_ingest(cli, tmp_path):
+    assert "/no/such/file.json" in one_line_error(cli("ingest", "/no/such/file.json"))
+    (tmp_path / "notes.txt").write_text("hello")
+    result = cli("ingest", str(tmp_path))
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        f"skipped {tmp_path / 'notes.txt'}: not a FHIR .json or .ndjson file",
+        "Error: nothing to ingest: no .json or .ndjson files in the given paths"]
+
+
+def test_database_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEALTHHUB_DATABASE_URL", "notaurl")
+    assert "HEALTHHUB_DATABASE_URL" in one_line_error(CliRunner().invoke(main, ["demo"]))
+    monkeypatch.setenv("HEALTHHUB_DATABASE_URL", f"sqlite:///{tmp_path}/empty.db")
+    assert "healthhub db upgrade" in one_line_error(CliRunner().invoke(main, ["demo"]))
+    monkeypatch.setenv("HEALTHHUB_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert "database error" in one_line_error(CliRunner().invoke(main, ["demo"]))

@@ -59,6 +59,12 @@ def metadata() -> Response:
     return http.fhir_response(capability_statement(_config().fhir_base, _STARTED))
 
 
+@bp.get("/")
+def system_search() -> Response:
+    raise not_supported("Search across all types (GET [base]?_type=…) is not supported yet; "
+                        "search one type: GET [base]/[type]?…")
+
+
 @bp.post("/")
 @supports("transaction", "batch")
 def bundle() -> Response:
@@ -85,7 +91,7 @@ def type_level(rtype: str) -> Response:
     if rtype in ("metadata", "_history"):  # system endpoints that only answer GET
         raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
     rtype = _type(rtype)
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return _search(rtype, request.args.to_dict(flat=False))
     if request.method == "POST":
         return _create(rtype)
@@ -100,6 +106,8 @@ def type_level(rtype: str) -> Response:
             result = repo.conditional_update(rtype, query, resources.validate(body, rtype),
                                              if_match=request.headers.get("If-Match"))
         return _written(result)
+    if request.method != "DELETE":
+        raise MethodNotAllowed(valid_methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
     with unit_of_work() as repo:
         deleted = repo.conditional_delete(rtype, query)
     return _deleted(deleted)
@@ -136,7 +144,7 @@ def instance(rtype: str, rid: str) -> Response:
                                     "use PUT to update or POST to the type to create")])
     resources.check_id(rid)
     if_match = request.headers.get("If-Match")
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         with unit_of_work() as repo:
             stored = repo.read(rtype, rid)
         return _read_response(stored)
@@ -153,6 +161,8 @@ def instance(rtype: str, rid: str) -> Response:
         with unit_of_work() as repo:
             result = repo.patch(rtype, rid, operations, if_match=if_match)
         return _written(result)
+    if request.method != "DELETE":
+        raise MethodNotAllowed(valid_methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"])
     with unit_of_work() as repo:
         deleted = repo.delete(rtype, rid, if_match=if_match)
     return _deleted(deleted)
@@ -165,7 +175,7 @@ def instance_sub(rtype: str, rid: str, sub: str) -> Response:
     resources.check_id(rid)
     if sub.startswith("$"):
         return _operation(sub[1:], "instance", rtype, rid)
-    if sub == "_history" and request.method == "GET":
+    if sub == "_history" and request.method in ("GET", "HEAD"):
         return _history(rtype, rid)
     raise not_found(f"No such endpoint: {rtype}/{rid}/{sub}")
 
@@ -241,15 +251,16 @@ def _history(rtype: str | None, rid: str | None) -> Response:
     count = _count(args.get("_count"))
     since = _instant_param(args.get("_since"), "_since")
     before = args.get("_before_pk")
-    if before is not None and not before.isdigit():
-        raise invalid("_before_pk must be a number")
+    if before is not None and not (before.isdigit() and len(before) <= 18):
+        raise invalid("_before_pk must be a page cursor from a history Bundle's next link")
     with unit_of_work() as repo:
         page = repo.history(rtype, rid, since=since, count=count,
                             before=int(before) if before else None)
     base = _config().fhir_base
     path = "/".join(p for p in (rtype, rid, "_history") if p)
     keep = {k: v for k, v in (("_count", str(count)), ("_since", args.get("_since"))) if v}
-    links = [{"relation": "self", "url": f"{base}/{path}?{urlencode(keep)}" if keep else f"{base}/{path}"}]
+    here = {**keep, "_before_pk": before} if before else keep
+    links = [{"relation": "self", "url": f"{base}/{path}?{urlencode(here)}"}]
     if page.next_before is not None:
         links.append({"relation": "next",
                       "url": f"{base}/{path}?{urlencode({**keep, '_before_pk': page.next_before})}"})

@@ -90,6 +90,10 @@ def test_invalid_resource_names_the_element(client, db_counts):
         "resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "valueQuantity": {"value": "lots"}}), 400)
     assert obs["issue"][0]["expression"][0].startswith("Observation.valueQuantity")
+    codes = assert_outcome(post_json(client, "/fhir/Patient", {
+        "resourceType": "Patient", "gender": "robot", "address": [{"use": "holiday"}]}), 400)
+    assert {i["expression"][0] for i in codes["issue"]} == {"Patient.gender", "Patient.address[0].use"}
+    assert all(i["code"] == "code-invalid" for i in codes["issue"])
     missing = assert_outcome(post_json(client, "/fhir/Observation", {"resourceType": "Observation",
                                                                       "status": "final"}), 400)
     assert "Observation.code" in {e for i in missing["issue"] for e in i.get("expression", [])}
@@ -133,6 +137,23 @@ def test_patch_needs_json_patch_media_type(client):
     renames = [{"op": "replace", "path": "/id", "value": "other"}]
     assert_outcome(client.patch(f"/fhir/Patient/{created['id']}", data=orjson.dumps(renames),
                                 headers={"Content-Type": "application/json-patch+json"}), 422)
+
+
+def test_head_is_a_read_never_a_write(client):
+    created = post_json(client, "/fhir/Patient", {"resourceType": "Patient",
+                                                  "identifier": [{"system": "urn:h", "value": "1"}]}).json
+    head = client.head(f"/fhir/Patient/{created['id']}")
+    assert head.status_code == 200 and head.data == b"" and head.headers["ETag"] == 'W/"1"'
+    assert client.head("/fhir/Patient?identifier=urn:h|1").status_code == 200
+    assert client.get(f"/fhir/Patient/{created['id']}").json["meta"]["versionId"] == "1"
+
+
+def test_history_cursor_out_of_range(client):
+    assert_outcome(client.get("/fhir/_history?_before_pk=99999999999999999999"), 400)
+
+
+def test_system_search_not_yet_supported(client):
+    assert_outcome(client.get("/fhir?_type=Patient"), 400)
 
 
 def test_methods_not_allowed(client):

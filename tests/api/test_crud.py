@@ -120,6 +120,9 @@ def test_json_patch(client):
     failing = [{"op": "test", "path": "/gender", "value": "female"}]
     assert client.patch(f"/fhir/Patient/{pid}", data=orjson.dumps(failing),
                         headers={"Content-Type": "application/json-patch+json"}).status_code == 422
+    robot = [{"op": "replace", "path": "/gender", "value": "robot"}]
+    assert client.patch(f"/fhir/Patient/{pid}", data=orjson.dumps(robot),
+                        headers={"Content-Type": "application/json-patch+json"}).status_code == 400
     invalid = [{"op": "replace", "path": "/birthDate", "value": "not-a-date"}]
     bad = client.patch(f"/fhir/Patient/{pid}", data=orjson.dumps(invalid),
                        headers={"Content-Type": "application/json-patch+json"})

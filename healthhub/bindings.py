@@ -1,0 +1,41 @@
+"""Required code bindings, checked on a validated R4B model.
+
+``fhir.resources`` parses ``code`` elements as plain strings; its field metadata carries the
+codes of the element's value set (``enum_values``) where the specification lists them all in
+the element's short description (``male | female | other | unknown``). A list that ends in
+``+`` is incomplete (the value set has more codes than the short text names), so only complete
+lists are enforced. https://hl7.org/fhir/R4B/terminologies.html#required
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+
+
+@lru_cache(maxsize=None)
+def _coded_fields(cls: type[BaseModel]) -> tuple[tuple[str, str, frozenset[str] | None], ...]:
+    """(python name, JSON name, allowed codes or None) of every field of ``cls``."""
+    out = []
+    for name, info in cls.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        codes = extra.get("enum_values")
+        allowed = frozenset(codes) if isinstance(codes, list) and codes and "+" not in codes else None
+        out.append((name, info.alias or name, allowed))
+    return tuple(out)
+
+
+def violations(model: BaseModel, path: str) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """Yield (FHIRPath, bad code, allowed codes) for each code outside its required value set."""
+    for name, alias, allowed in _coded_fields(type(model)):
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        items: list[Any] = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
+            if isinstance(item, BaseModel):
+                yield from violations(item, where)
+            elif allowed is not None and isinstance(item, str) and item not in allowed:
+                yield where, item, allowed
