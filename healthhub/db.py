@@ -8,16 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import jsonio
 from .config import Config
-
-
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def make_engine(config: Config) -> Engine:
@@ -27,8 +23,8 @@ def make_engine(config: Config) -> Engine:
         # The psycopg 3 driver (the `postgres` extra), whatever SQLAlchemy's default for a bare URL.
         url = url.set(drivername="postgresql+psycopg")
     options: dict[str, Any] = {
-        "json_serializer": _json_dumps,
-        "json_deserializer": orjson.loads,
+        "json_serializer": jsonio.dumps_str,
+        "json_deserializer": jsonio.loads,
         "future": True,
     }
     if url.get_backend_name() == "sqlite":

@@ -5,9 +5,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 
+from . import jsonio
 from .context import RequestContext
 from .db import Database
 from .storage.bundle import BundleProcessor
@@ -43,7 +43,7 @@ def load(db: Database, force: bool = False) -> Counter[str] | None:
         counts: Counter[str] = Counter()
         repo = Repository(session, DEMO_CONTEXT)
         for path in sorted(DEMO_DIR.glob("*.json")):
-            response = BundleProcessor(repo, db.config.fhir_base).process(idempotent(orjson.loads(path.read_bytes())))
+            response = BundleProcessor(repo, db.config.fhir_base).process(idempotent(jsonio.loads(path.read_bytes())))
             counts.update(e["response"]["status"] for e in response["entry"])
         if state is None:
             session.add(AppState(key=DEMO_KEY, value=DEMO_VERSION))

@@ -16,7 +16,8 @@ from ..clock import aware, instant, utcnow
 from ..config import Config
 from ..context import RequestContext
 from ..db import Database
-from ..operations import OperationCall, load as load_operations
+from ..operations import OperationCall
+from ..operations import load as load_operations
 from ..outcome import FhirError, Issue, information, invalid, not_found, not_supported
 from ..storage import criteria as crit
 from ..storage.bundle import BundleProcessor

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import orjson
 from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .. import jsonio
 from ..clock import http_date, instant
 from ..jsonio import parse_json
 from ..outcome import FhirError, Issue
@@ -70,8 +70,7 @@ def negotiate() -> str:
 
 
 def dumps(body: Any) -> bytes:
-    option = orjson.OPT_INDENT_2 if request.args.get("_pretty") == "true" else 0
-    return orjson.dumps(body, option=option)
+    return jsonio.dumps(body, pretty=request.args.get("_pretty") == "true")
 
 
 def fhir_response(body: Any | None, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from .. import resources
 from ..clock import instant
+from ..jsonio import parse_json
 from ..outcome import FhirError, Issue, invalid, not_supported, precondition_failed
 from .repository import Repository, Stored, WriteResult
 
@@ -292,9 +291,10 @@ def _json_patch_of(resource: dict[str, Any]) -> Any:
     if resource.get("resourceType") != "Binary" or "json-patch" not in str(resource.get("contentType", "")):
         raise not_supported("PATCH entries must carry a Binary with contentType application/json-patch+json")
     try:
-        return orjson.loads(base64.b64decode(resource.get("data", ""), validate=True))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError) as exc:
-        raise invalid(f"The Binary's data is not a base64 JSON Patch document: {exc}") from None
+        raw = base64.b64decode(resource.get("data", ""), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid(f"The Binary's data is not base64: {exc}") from None
+    return parse_json(raw)
 
 
 def _str(value: Any) -> str | None:

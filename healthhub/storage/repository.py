@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session
 from .. import resources
 from ..clock import aware, instant, utcnow
 from ..context import RequestContext
-from ..outcome import FhirError, Issue, conflict, gone, invalid, not_found, precondition_failed
+from ..outcome import (
+    FhirError,
+    Issue,
+    conflict,
+    gone,
+    invalid,
+    not_found,
+    precondition_failed,
+)
 from . import criteria as crit
 from .models import Resource, ResourceIdentifier, ResourceVersion
 
@@ -124,7 +132,7 @@ class Repository:
         if after is not None:
             stmt = stmt.where(Resource.id > after)
         rows = self.session.scalars(stmt.order_by(Resource.id).limit(count))
-        return [Stored(r.resource_type, r.id, r.version_id, aware(r.last_updated), False, r.content)
+        return [Stored(r.resource_type, r.id, r.version_id, aware(r.last_updated), False, _ordered(r.content))
                 for r in rows], total
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
@@ -258,7 +266,7 @@ class Repository:
         if row is None:
             return None
         return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                      row.content, "GET")
+                      _ordered(row.content), "GET")
 
     def lock(self, key: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
@@ -367,4 +375,17 @@ def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: 
 
 def _from_version(row: ResourceVersion) -> Stored:
     return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                  row.content, row.method, row.pk)
+                  _ordered(row.content), row.method, row.pk)
+
+
+_FIRST = ("resourceType", "id", "meta")
+
+
+def _ordered(content: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``resourceType``, ``id``, ``meta`` first, as FHIR JSON is usually written (PostgreSQL's
+    JSONB keeps keys in its own order)."""
+    if content is None:
+        return None
+    out = {k: content[k] for k in _FIRST if k in content}
+    out.update((k, v) for k, v in content.items() if k not in out)
+    return out

@@ -6,7 +6,8 @@ from email.utils import parsedate_to_datetime
 
 import orjson
 
-from tests.conftest import DATA, FHIR_JSON, load_json, post_json, put_json
+from healthhub import jsonio
+from tests.conftest import DATA, FHIR_JSON, post_json, put_json
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Okafor", "given": ["Ada"]}], "gender": "female",
            "birthDate": "1980-04-02",
@@ -187,12 +188,13 @@ def test_if_none_match_and_if_modified_since_on_read(client):
 
 def test_any_resource_type_round_trips(client):
     for path in sorted((DATA / "fhir-examples").glob("*.json")):
-        resource = load_json(path)
+        resource = jsonio.loads(path.read_bytes())  # decimals compared as decimals, not floats
         if resource["resourceType"] == "Bundle":
             continue
-        resp = put_json(client, f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
+        resp = client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", data=path.read_bytes(),
+                          headers={"Content-Type": FHIR_JSON})
         assert resp.status_code == 201, (path.name, resp.json)
-        got = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}").json
+        got = jsonio.loads(client.get(f"/fhir/{resource['resourceType']}/{resource['id']}").data)
         assert {k: v for k, v in got.items() if k != "meta"} == {k: v for k, v in resource.items() if k != "meta"}
 
 
@@ -201,3 +203,22 @@ def test_binary_resource(client):
     resp = post_json(client, "/fhir/Binary", {"resourceType": "Binary", "contentType": "application/pdf", "data": data})
     assert resp.status_code == 201
     assert client.get(f"/fhir/Binary/{resp.json['id']}").json["data"] == data
+
+
+def test_decimal_precision_survives_storage(client):
+    body = (b'{"resourceType": "Observation", "status": "final", "code": {"text": "Hb"},'
+            b' "valueQuantity": {"value": 12.50, "unit": "g/dL"},'
+            b' "referenceRange": [{"low": {"value": 1.0E1}, "high": {"value": 17.000}}]}')
+    created = client.post("/fhir/Observation", data=body, headers={"Content-Type": FHIR_JSON})
+    assert created.status_code == 201
+    raw = client.get(f"/fhir/Observation/{created.json['id']}").data
+    assert b'"value":12.50' in raw and b'"value":17.000' in raw
+    assert b'"low":{"value":10}' in raw  # 1.0E1: two significant digits, written plainly
+    history = client.get(f"/fhir/Observation/{created.json['id']}/_history/1").data
+    assert b'"value":12.50' in history
+
+
+def test_resource_type_id_and_meta_come_first(client):
+    created = post_json(client, "/fhir/Patient", {"gender": "male", "resourceType": "Patient", "active": True})
+    raw = client.get(f"/fhir/Patient/{created.json['id']}").data
+    assert raw.startswith(b'{"resourceType":"Patient","id":"' + created.json["id"].encode() + b'","meta":{')
