@@ -29,9 +29,9 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/python -m pip install --quiet ruff==0.17.6 mypy==2.4.1
 	$(BIN)/ruff check healthhub tests
-	$(BIN)/mypy healthhub
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

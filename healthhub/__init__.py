@@ -14,6 +14,7 @@ def create_app(config: Any = None) -> Any:
     from .api import fhir as fhir_api
     from .config import Config
     from .db import Database
+    from .operations import load as load_operations
 
     cfg: Config = config if config is not None else Config.from_env()
     app = Flask(__name__, instance_relative_config=False)
@@ -22,6 +23,7 @@ def create_app(config: Any = None) -> Any:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     app.extensions["healthhub.db"] = Database(cfg)
+    load_operations()  # fail at start-up when an operation and its definition do not pair up
     fhir_api.init_app(app)
     errors.init_app(app)
     return app

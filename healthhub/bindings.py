@@ -8,20 +8,22 @@ lists are enforced. https://hl7.org/fhir/R4B/terminologies.html#required
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Iterator
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
 
 from pydantic import BaseModel
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coded_fields(cls: type[BaseModel]) -> tuple[tuple[str, str, frozenset[str] | None], ...]:
     """(python name, JSON name, allowed codes or None) of every field of ``cls``."""
     out = []
     for name, info in cls.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         codes = extra.get("enum_values")
-        allowed = frozenset(codes) if isinstance(codes, list) and codes and "+" not in codes else None
+        allowed = frozenset(str(c) for c in codes) if isinstance(codes, list) and codes and "+" not in codes \
+            else None
         out.append((name, info.alias or name, allowed))
     return tuple(out)
 

@@ -103,7 +103,7 @@ def serve(host: str, port: int, workers: int) -> None:
         create_app(cfg).run(host=host, port=port, threaded=True)
         return
 
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)

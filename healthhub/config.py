@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 #: The project checkout (the folder holding ``healthhub/``, ``migrations/`` and ``fhir/``).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ class Config:
     max_body: int = 50 * 1024 * 1024
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read ``HEALTHHUB_*`` variables, falling back to the documented defaults."""
         env = os.environ if environ is None else environ
         d = cls()

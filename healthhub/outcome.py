@@ -4,8 +4,9 @@ Raise :class:`FhirError` anywhere below the views; ``errors.py`` renders it in o
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ and URL checks cannot drift from what validation accepts.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
 from fhir.resources.R4B.resource import Resource as _ResourceModel
@@ -81,7 +82,7 @@ def validate(resource: Any, expected_type: str | None = None) -> dict[str, Any]:
     try:
         model = cls.model_validate(resource)
     except ValidationError as exc:
-        raise FhirError(400, list(_issues(rtype, exc.errors(include_url=False)))) from None
+        raise FhirError(400, list(_issues(rtype, exc.errors(include_url=False)))) from None  # type: ignore[arg-type]
     except (ValueError, TypeError, RecursionError) as exc:
         raise FhirError(400, [Issue("error", "structure", f"Invalid {rtype}: {exc}", (rtype,))]) from None
     bad_codes = [Issue("error", "code-invalid", f"{path}: {code!r} is not one of {', '.join(sorted(allowed))}",

@@ -7,8 +7,9 @@ https://hl7.org/fhir/R4B/capabilitystatement.html
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .. import __version__, resources
 from ..operations import load as load_operations
@@ -65,8 +66,9 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
         }
         if search_params:
             entry["searchParam"] = search_params
-        if type_ops:
-            entry["operation"] = [{"name": o.name, "definition": o.definition} for o in type_ops]
+        own_ops = [o for o in type_ops if o.resource_types is None or rtype in o.resource_types]
+        if own_ops:
+            entry["operation"] = [{"name": o.name, "definition": o.definition} for o in own_ops]
         resource_entries.append(entry)
     rest: dict[str, Any] = {
         "mode": "server",

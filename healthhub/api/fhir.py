@@ -2,10 +2,11 @@
 parse the request, call the repository, serialise the answer."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -300,8 +301,9 @@ def _search(rtype: str, params: dict[str, list[str]]) -> Response:
 
 def _operation(name: str, level: str, rtype: str | None, rid: str | None) -> Response:
     op = load_operations().get(name)
-    if op is None or level not in op.levels:
-        raise not_found(f"Operation ${name} is not supported at the {level} level")
+    if op is None or not op.applies_to(level, rtype):
+        where = f"on {rtype}" if rtype and op is not None and level in op.levels else f"at the {level} level"
+        raise not_found(f"Operation ${name} is not supported {where}")
     if request.method not in op.methods:
         raise FhirError(405, [Issue("error", "not-supported", f"${name} takes {', '.join(sorted(op.methods))}")])
     body: Any = http.read_json() if request.method == "POST" else None

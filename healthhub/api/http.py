@@ -4,7 +4,8 @@ https://hl7.org/fhir/R4B/http.html#mime-type
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge

@@ -10,9 +10,10 @@ An ``.ndjson`` file is read line by line (never whole into memory), committing e
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..context import RequestContext
 from ..db import Database

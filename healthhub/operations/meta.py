@@ -12,8 +12,7 @@ from . import OperationCall, operation
 _KEEP = ("profile", "tag", "security")
 
 
-@operation("meta", "http://hl7.org/fhir/OperationDefinition/Resource-meta",
-           levels={"instance"}, methods={"GET", "POST"})
+@operation("meta", methods={"GET", "POST"})
 def meta(call: OperationCall) -> tuple[int, dict[str, Any]]:
     if call.resource_type is None or call.resource_id is None:
         raise invalid("$meta is supported on an instance: [type]/[id]/$meta")

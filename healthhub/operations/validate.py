@@ -14,8 +14,7 @@ from . import OperationCall, operation
 _MODES = ("create", "update", "delete")
 
 
-@operation("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-           levels={"type", "instance"}, methods={"POST"})
+@operation("validate", methods={"POST"})
 def validate(call: OperationCall) -> tuple[int, dict[str, Any]]:
     resource, mode = _input(call.body)
     if mode is not None and mode not in _MODES:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -207,24 +209,8 @@ class BundleProcessor:
 
     def _execute(self, e: Entry) -> dict[str, Any]:
         repo = self.repo
-        if e.method == "POST":
-            rtype = self._type_of(e)
-            if e.existing is not None:
-                return self._written(WriteResult(e.existing, "existing"))
-            if e.resource.get("resourceType") != rtype:  # type: ignore[union-attr]
-                raise invalid(f"resourceType {e.resource.get('resourceType')!r} does not match "  # type: ignore[union-attr]
-                              f"request.url {e.url!r}", ("resourceType",))
-            return self._written(repo.create(e.resource, resource_id=e.target_id))  # type: ignore[arg-type]
-        if e.method == "PUT":
-            rtype, rid = self._split_instance(e, allow_conditional=True)
-            if rid is None and e.target_id is None:
-                return self._written(repo.conditional_update(rtype, e.query, e.resource, if_match=e.if_match))  # type: ignore[arg-type]
-            rid = rid or e.target_id
-            body = e.resource if e.resource.get("id") else {**e.resource, "id": rid}  # type: ignore[union-attr]
-            return self._written(repo.update(rtype, rid, body, if_match=e.if_match))  # type: ignore[arg-type]
-        if e.method == "PATCH":
-            rtype, rid = self._split_instance(e)
-            return self._written(repo.patch(rtype, rid, _json_patch_of(e.resource), if_match=e.if_match))  # type: ignore[arg-type]
+        if e.method == "GET":
+            return self._get(e)
         if e.method == "DELETE":
             rtype, rid = self._split_instance(e, allow_conditional=True)
             result = repo.conditional_delete(rtype, e.query) if rid is None \
@@ -233,7 +219,27 @@ class BundleProcessor:
             if result is not None:
                 out["etag"] = result.stored.etag
             return out
-        return self._get(e)
+        body = e.resource
+        assert body is not None  # _parse_entry requires a resource for POST, PUT and PATCH
+        if e.method == "POST":
+            rtype = self._type_of(e)
+            if e.existing is not None:
+                return self._written(WriteResult(e.existing, "existing"))
+            if body.get("resourceType") != rtype:
+                raise invalid(f"resourceType {body.get('resourceType')!r} does not match request.url {e.url!r}",
+                              ("resourceType",))
+            return self._written(repo.create(body, resource_id=e.target_id))
+        if e.method == "PATCH":
+            rtype, patch_id = self._split_instance(e)
+            assert patch_id is not None
+            return self._written(repo.patch(rtype, patch_id, _json_patch_of(body), if_match=e.if_match))
+        rtype, rid = self._split_instance(e, allow_conditional=True)  # PUT
+        if rid is None and e.target_id is None:
+            return self._written(repo.conditional_update(rtype, e.query, body, if_match=e.if_match))
+        target = rid or e.target_id
+        assert target is not None
+        return self._written(repo.update(rtype, target, body if body.get("id") else {**body, "id": target},
+                                         if_match=e.if_match))
 
     def _get(self, e: Entry) -> dict[str, Any]:
         parts = e.path.split("/")
@@ -325,17 +331,10 @@ def _relocate(expression: str, where: str) -> str:
     return f"{where}.{expression}"
 
 
-class _located:
-    """Context manager that prefixes an entry's errors with its location in the Bundle."""
-
-    def __init__(self, entry: Entry) -> None:
-        self.entry = entry
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if isinstance(exc, FhirError):
-            raise _prefix(exc, self.entry.index) from None
-        return False
-
+@contextmanager
+def _located(entry: Entry) -> Iterator[None]:
+    """Prefix an entry's errors with its location in the Bundle."""
+    try:
+        yield
+    except FhirError as err:
+        raise _prefix(err, entry.index) from None

@@ -9,6 +9,7 @@ https://hl7.org/fhir/R4B/http.html#ccreate
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import Select, and_, or_, select
@@ -88,7 +89,7 @@ def _token(value: str) -> Token:
     return Token(system, code or None)
 
 
-def select_ids(resource_type: str, criteria: Criteria, limit: int | None = None) -> Select[tuple[str]]:
+def select_ids(resource_type: str, criteria: Criteria, limit: int | None = None) -> Select[Any]:
     """One SELECT of the ids of current, non-deleted ``resource_type`` resources matching."""
     stmt = select(Resource.id).where(Resource.resource_type == resource_type, Resource.deleted.is_(False))
     for alternatives in criteria.ids:

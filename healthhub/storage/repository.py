@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jsonpatch
 from sqlalchemy import delete, func, insert, select, text, update
@@ -302,7 +303,7 @@ class Repository:
                     .where(Resource.resource_type == resource_type, Resource.id == resource_id,
                            Resource.version_id == previous.version_id)
                     .values(**values))
-                if result.rowcount != 1:
+                if result.rowcount != 1:  # type: ignore[attr-defined]
                     raise conflict(f"{resource_type}/{resource_id} was changed by another request; retry")
             pk = self.session.execute(
                 insert(ResourceVersion).values(resource_type=resource_type, id=resource_id, method=method, **values)
@@ -330,7 +331,8 @@ def _identifiers(content: dict[str, Any]) -> Iterable[tuple[str, str]]:
     seen: set[tuple[str, str]] = set()
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("value"), str):
-            key = (item.get("system") if isinstance(item.get("system"), str) else "", item["value"])
+            system = item.get("system")
+            key = (system if isinstance(system, str) else "", str(item["value"]))
             if key not in seen:
                 seen.add(key)
                 yield key

@@ -31,9 +31,9 @@ def test_synthea_transaction_resolves_urn_uuid_references(client):
         assert type_total(client, rtype) == n, rtype
     # Every urn:uuid reference now points at the id the server gave that entry.
     assigned = {raw_e["fullUrl"]: out["response"]["location"].rsplit("/_history", 1)[0]
-                for raw_e, out in zip(raw["entry"], body["entry"])}
+                for raw_e, out in zip(raw["entry"], body["entry"], strict=True)}
     patient_ref = assigned[next(e["fullUrl"] for e in raw["entry"] if e["resource"]["resourceType"] == "Patient")]
-    for raw_e, out in zip(raw["entry"], body["entry"]):
+    for raw_e, out in zip(raw["entry"], body["entry"], strict=True):
         if raw_e["resource"]["resourceType"] == "Observation":
             stored = client.get(f"/fhir/{out['response']['location'].rsplit('/_history', 1)[0]}").json
             assert stored["subject"]["reference"] == patient_ref
