@@ -122,7 +122,8 @@ def demo(force: bool) -> None:
     """Seed the demo data set (idempotent)."""
     from . import demo as demo_data
 
-    database = _database(_config())
+    cfg = _config()
+    database = _database(cfg)
     try:
         counts = demo_data.load(database, force=force)
     finally:
@@ -131,6 +132,9 @@ def demo(force: bool) -> None:
         click.echo("demo data already loaded")
     else:
         click.echo("demo data loaded: " + ", ".join(f"{n} × {k}" for k, n in sorted(counts.items())))
+    click.echo("demo patients (synthetic, Synthea):")
+    for pid, name in demo_data.patients():
+        click.echo(f"  {cfg.fhir_base}/Patient/{pid}  {name}")
 
 
 @main.command()

@@ -55,3 +55,16 @@ def load(db: Database, force: bool = False) -> Counter[str] | None:
 def is_loaded(db: Database) -> bool:
     with db.transaction() as session:
         return session.scalar(select(AppState.value).where(AppState.key == DEMO_KEY)) == DEMO_VERSION
+
+
+def patients() -> list[tuple[str, str]]:
+    """(id, display name) of the demo patients, as ``idempotent`` stores them."""
+    out = []
+    for path in sorted(DEMO_DIR.glob("*.json")):
+        for entry in jsonio.loads(path.read_bytes()).get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "Patient":
+                name = (resource.get("name") or [{}])[0]
+                display = " ".join([*name.get("given", []), name.get("family", "")]).strip()
+                out.append((entry["fullUrl"][len("urn:uuid:"):], display))
+    return out

@@ -46,6 +46,14 @@ def test_demo_loads_once_and_is_idempotent(cli, client):
         expected.update(e["resource"]["resourceType"] for e in load_json(path)["entry"])
     first = cli("demo")
     assert first.exit_code == 0 and "loaded" in first.output
+    # It names each demo patient with a URL that answers.
+    patients = [e["resource"] for p in DEMO_DIR.glob("*.json") for e in load_json(p)["entry"]
+                if e["resource"]["resourceType"] == "Patient"]
+    urls = [line.split()[0] for line in first.output.splitlines() if "/fhir/Patient/" in line]
+    assert len(urls) == len(patients) == 5
+    for url in urls:
+        got = client.get(url.replace("http://hub.test", ""))
+        assert got.status_code == 200 and got.json["resourceType"] == "Patient"
     second = cli("demo")
     assert "already loaded" in second.output
     forced = cli("demo", "--force")

@@ -97,6 +97,7 @@ class BundleProcessor:
         for e in entries:
             with _located(e):
                 self._assign_target(e, mapping)
+        self._refuse_duplicates(entries, mapping)
         for e in entries:
             if e.resource is not None and e.method in ("POST", "PUT"):
                 with _located(e):
@@ -104,6 +105,25 @@ class BundleProcessor:
         for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
             with _located(e):
                 e.response = self._execute(e)
+
+    def _refuse_duplicates(self, entries: list[Entry], mapping: dict[str, str]) -> None:
+        """One resource may be written only once per transaction (as HAPI enforces: the result
+        of two writes to it would depend on processing order)."""
+        seen: dict[str, int] = {}
+        for e in entries:
+            if e.method == "GET" or (e.method == "POST" and e.existing is not None):
+                continue
+            if e.method == "POST":
+                key = f"{e.path}/{e.target_id}"
+            elif e.full_url in mapping:
+                key = mapping[e.full_url]
+            else:
+                key = e.url
+            if key in seen:
+                raise invalid(f"Bundle.entry[{e.index}] writes {key}, which Bundle.entry[{seen[key]}] "
+                              "already writes; a transaction may write a resource only once",
+                              (f"Bundle.entry[{e.index}]",))
+            seen[key] = e.index
 
     def _assign_target(self, e: Entry, mapping: dict[str, str]) -> None:
         """Decide the id each POST/PUT will get, so references can point at it up front."""

@@ -157,3 +157,14 @@ def test_prefer_representation_returns_resources(client):
     entry = resp.json["entry"][0]
     assert entry["resource"]["gender"] == "male"
     assert entry["fullUrl"] == f"http://hub.test/fhir/Patient/{entry['resource']['id']}"
+
+
+def test_a_transaction_writes_each_resource_once(client, db_counts):
+    before = db_counts()
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "twice"}, "request": {"method": "PUT", "url": "Patient/twice"}},
+        {"resource": {"resourceType": "Patient", "id": "twice", "gender": "male"},
+         "request": {"method": "PUT", "url": "Patient/twice"}}]})
+    assert resp.status_code == 400
+    assert resp.json["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    assert db_counts() == before
