@@ -73,11 +73,17 @@ def db_upgrade(revision: str) -> None:
     database = _database(cfg)
     try:
         migrate.upgrade(database.engine, revision)
+        click.echo(f"database at {database.engine.url.render_as_string(hide_password=True)} is at {revision}")
+        from .search import store
+
+        if store.reindex_required(database):
+            # A migration changed the index tables: rebuild them now rather than serve wrong results.
+            count = store.reindex(database)
+            click.echo(f"search index rebuilt for {count} resource(s)")
     except (SQLAlchemyError, RuntimeError) as exc:
         raise click.ClickException(f"migration failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from None
     finally:
         database.dispose()
-    click.echo(f"database at {database.engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 
 @main.command()
@@ -114,6 +120,40 @@ def serve(host: str, port: int, workers: int) -> None:
             return create_app(cfg)
 
     _Gunicorn().run()
+
+
+@main.group()
+def search() -> None:
+    """The search index."""
+
+
+@search.command("reindex")
+@click.argument("resource_type", required=False)
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search_reindex(resource_type: str | None, batch_size: int, quiet: bool) -> None:
+    """Rebuild the search index (of one resource type, or of all) from the stored resources."""
+    from sqlalchemy import func, select
+    from tqdm import tqdm
+
+    from . import resources
+    from .search import store
+    from .storage.models import Resource
+
+    if resource_type is not None and not resources.is_resource_type(resource_type):
+        raise click.ClickException(f"unknown resource type {resource_type!r}")
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            stmt = select(func.count()).select_from(Resource).where(Resource.deleted.is_(False))
+            if resource_type is not None:
+                stmt = stmt.where(Resource.resource_type == resource_type)
+            total = session.scalar(stmt) or 0
+        with tqdm(total=total, unit="res", disable=quiet or None, file=sys.stderr) as bar:
+            count = store.reindex(database, resource_type, batch_size, bar.update)
+    finally:
+        database.dispose()
+    click.echo(f"reindexed {count} {resource_type or 'resource'}(s)")
 
 
 @main.command()

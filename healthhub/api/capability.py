@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from .. import __version__, resources
 from ..operations import load as load_operations
-from ..storage import criteria
+from ..search.registry import default_registry, is_searchable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,12 +43,8 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
     type_ops = [o for o in ops.values() if o.levels & {"type", "instance"}]
     system_ops = [o for o in ops.values() if "system" in o.levels]
     type_interactions = [{"code": c} for c in _TYPE_ORDER if c in TYPE_INTERACTIONS]
-    search_params = [
-        {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
-        {"name": "identifier", "type": "token",
-         "documentation": "identifier system|value, on types that have Resource.identifier"},
-    ] if "search-type" in TYPE_INTERACTIONS else []
-    conditional = bool(criteria.SUPPORTED)
+    registry = default_registry()
+    conditional = "search-type" in TYPE_INTERACTIONS  # conditional interactions use the search compiler
     resource_entries = []
     for rtype in resources.resource_types():
         entry: dict[str, Any] = {
@@ -64,8 +60,13 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
             "conditionalDelete": "single" if conditional else "not-supported",
             "referencePolicy": ["literal", "logical"],
         }
-        if search_params:
-            entry["searchParam"] = search_params
+        if "search-type" in TYPE_INTERACTIONS:
+            entry["searchParam"] = [
+                {"name": p.code, "definition": p.url, "type": p.type}
+                for p in sorted(registry.params_for(rtype).values(), key=lambda p: p.code)
+                if is_searchable(p)]
+            entry["searchInclude"] = ["*", *sorted(f"{rtype}:{p.code}" for p in registry.params_for(rtype).values()
+                                                   if p.type == "reference")]
         own_ops = [o for o in type_ops if o.resource_types is None or rtype in o.resource_types]
         if own_ops:
             entry["operation"] = [{"name": o.name, "definition": o.definition} for o in own_ops]

@@ -20,11 +20,14 @@ from ..db import Database
 from ..operations import OperationCall
 from ..operations import load as load_operations
 from ..outcome import FhirError, Issue, information, invalid, not_found, not_supported
-from ..storage import criteria as crit
+from ..search.engine import Engine
+from ..search.parser import parse
+from ..search.registry import default_registry
 from ..storage.bundle import BundleProcessor
 from ..storage.repository import Repository, Stored, WriteResult, parse_etag
 from . import http
 from .capability import capability_statement, supports
+from .searchset import searchset
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 DEFAULT_COUNT = 20
@@ -94,7 +97,7 @@ def type_level(rtype: str) -> Response:
         raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
     rtype = _type(rtype)
     if request.method in ("GET", "HEAD"):
-        return _search(rtype, request.args.to_dict(flat=False))
+        return _search(rtype, list(request.args.items(multi=True)))
     if request.method == "POST":
         return _create(rtype)
     query = request.query_string.decode("utf-8", "replace")
@@ -118,13 +121,10 @@ def type_level(rtype: str) -> Response:
 @bp.post("/<rtype>/_search")
 def type_search(rtype: str) -> Response:
     rtype = _type(rtype)
-    params = request.args.to_dict(flat=False)
     if request.mimetype != "application/x-www-form-urlencoded":
         raise FhirError(415, [Issue("error", "not-supported",
                                     "POST _search takes application/x-www-form-urlencoded parameters")])
-    for k, v in request.form.to_dict(flat=False).items():
-        params.setdefault(k, []).extend(v)
-    return _search(rtype, params)
+    return _search(rtype, [*request.args.items(multi=True), *request.form.items(multi=True)])
 
 
 @bp.get("/<rtype>/_history")
@@ -272,31 +272,14 @@ def _history(rtype: str | None, rid: str | None) -> Response:
     })
 
 
-_RESULT_PARAMS = frozenset({"_count", "_format", "_pretty", "_cursor", "_total"})
-
-
-def _search(rtype: str, params: dict[str, list[str]]) -> Response:
-    """Searchset over ``_id`` and ``identifier`` (the full search grammar is its own module)."""
-    unsupported = [k for k in params if k not in _RESULT_PARAMS and k not in crit.SUPPORTED]
-    if unsupported:
-        raise not_supported(f"Search parameter(s) {', '.join(sorted(unsupported))} are not supported yet; "
-                            f"supported: {', '.join(crit.SUPPORTED)}")
-    pairs = [(k, v) for k in crit.SUPPORTED for v in params.get(k, [])]
-    criteria = crit.parse(urlencode(pairs))
-    count = _count(params.get("_count", [None])[-1])
-    after = params.get("_cursor", [None])[-1]
-    with unit_of_work() as repo:
-        found, total = repo.search(rtype, criteria, count=count, after=after)
+def _search(rtype: str, pairs: list[tuple[str, str]]) -> Response:
+    """A searchset Bundle (https://hl7.org/fhir/R4B/search.html), compiled to SQL."""
+    registry = default_registry()
     base = _config().fhir_base
-    keep = pairs + [("_count", str(count))]
-    links = [{"relation": "self", "url": f"{base}/{rtype}?{urlencode(keep + ([('_cursor', after)] if after else []))}"}]
-    if len(found) == count and found:
-        links.append({"relation": "next", "url": f"{base}/{rtype}?{urlencode(keep + [('_cursor', found[-1].id)])}"})
-    return http.fhir_response({
-        "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-        "entry": [{"fullUrl": f"{base}/{s.resource_type}/{s.id}", "resource": s.content,
-                   "search": {"mode": "match"}} for s in found],
-    })
+    req = parse(rtype, pairs, registry, strict=http.prefer_handling() == "strict", base_url=base)
+    with unit_of_work() as repo:
+        result = Engine(repo.session, registry, utcnow()).search(req)
+    return http.fhir_response(searchset(req, result, f"{base}/{rtype}", pairs, base))
 
 
 def _operation(name: str, level: str, rtype: str | None, rid: str | None) -> Response:

@@ -92,16 +92,25 @@ def version_headers(stored: Stored, base: str, location: bool = False) -> dict[s
     return headers
 
 
+def prefer_handling() -> str:
+    """``Prefer: handling=strict|lenient`` (default lenient) — https://hl7.org/fhir/R4B/search.html#errors"""
+    return _prefer("handling", ("strict", "lenient"), "lenient")
+
+
 def prefer_return() -> str:
     """``Prefer: return=minimal|representation|OperationOutcome`` (default representation)."""
+    return _prefer("return", ("minimal", "representation", "OperationOutcome"), "representation")
+
+
+def _prefer(name: str, allowed: tuple[str, ...], default: str) -> str:
     for part in request.headers.get("Prefer", "").split(","):
         for token in part.split(";"):
-            name, _, value = token.strip().partition("=")
-            if name.strip().lower() == "return":
+            key, _, value = token.strip().partition("=")
+            if key.strip().lower() == name:
                 value = value.strip().strip('"')
-                if value in ("minimal", "representation", "OperationOutcome"):
+                if value in allowed:
                     return value
-    return "representation"
+    return default
 
 
 def history_entry(stored: Stored, base: str) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 ``resources`` holds the current version of every resource (a tombstone after a delete);
 ``resource_versions`` holds every version ever written and is never updated — the FHIR
-history (https://hl7.org/fhir/R4B/http.html#history). ``resource_identifiers`` indexes
-``identifier`` (system, value) so conditional create can find a match in SQL.
+history (https://hl7.org/fhir/R4B/http.html#history). The ``search_*`` tables hold the values of
+every search parameter, extracted when a resource is written, so searches run in SQL.
 """
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -85,25 +88,63 @@ class ResourceVersion(Base):
     )
 
 
-class ResourceIdentifier(Base):
-    """``identifier`` values of current, non-deleted resources (system may be empty)."""
+def _search_table(name: str, columns: dict[str, Any], indexes: list[tuple[str, ...]]) -> Table:
+    """An index table: one row per extracted value of one search parameter of one resource.
 
-    __tablename__ = "resource_identifiers"
+    Every table starts ``(resource_type, resource_id, param)`` and its lookup indexes lead with
+    ``(resource_type, param, <value>)`` so a search starts from the index, not from a scan.
+    """
+    cols: list[Any] = [
+        Column("pk", BigIntKey, primary_key=True, autoincrement=True),
+        Column("resource_type", String(64), nullable=False),
+        Column("resource_id", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *[Column(col, typ, nullable=True) for col, typ in columns.items()],
+        ForeignKeyConstraint(["resource_type", "resource_id"], ["resources.resource_type", "resources.id"],
+                             name=f"fk_{name}_resource", ondelete="CASCADE"),
+        Index(f"ix_{name}_resource", "resource_type", "resource_id"),
+    ]
+    for i, idx in enumerate(indexes):
+        cols.append(Index(f"ix_{name}_{i}", "resource_type", "param", *idx))
+    return Table(name, Base.metadata, *cols)
 
-    pk: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
-    resource_type: Mapped[str] = mapped_column(String(64), nullable=False)
-    resource_id: Mapped[str] = mapped_column(String(64), nullable=False)
-    system: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    value: Mapped[str] = mapped_column(Text, nullable=False)
 
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["resource_type", "resource_id"], ["resources.resource_type", "resources.id"],
-            name="fk_resource_identifiers_resource", ondelete="CASCADE",
-        ),
-        Index("ix_resource_identifiers_lookup", "resource_type", "value", "system"),
-        Index("ix_resource_identifiers_resource", "resource_type", "resource_id"),
-    )
+#: Decimal-ish search values are compared as doubles: exact enough for search, portable to SQLite.
+Number = Float(precision=53)
+Instant = DateTime(timezone=True)
+
+SearchString = _search_table("search_string", {"value": Text, "exact": Text}, [])
+# text_pattern_ops: PostgreSQL uses a btree for LIKE 'prefix%' only with it (or the C collation).
+Index("ix_search_string_value", SearchString.c.resource_type, SearchString.c.param, SearchString.c.value,
+      postgresql_ops={"value": "text_pattern_ops"})
+SearchToken = _search_table(
+    "search_token",
+    {"system": Text, "code": Text, "text": Text, "type_system": Text, "type_code": Text},
+    [("code", "system")])
+SearchReference = _search_table(
+    "search_reference",
+    {"target_type": String(64), "target_id": String(64), "url": Text, "ident_system": Text, "ident_value": Text},
+    [("target_id", "target_type"), ("url",), ("ident_value",)])
+SearchDate = _search_table("search_date", {"low": Instant, "high": Instant}, [("low", "high"), ("high",)])
+SearchNumber = _search_table("search_number", {"value": Number}, [("value",)])
+SearchQuantity = _search_table(
+    "search_quantity",
+    {"value": Number, "system": Text, "code": Text, "canonical_value": Number, "canonical_code": Text},
+    [("code", "value"), ("canonical_code", "canonical_value")])
+SearchUri = _search_table("search_uri", {"uri": Text}, [("uri",)])
+#: A composite value: up to three components, each as (system, code, num, low, high) — a token
+#: or reference uses system/code, a string code, a number num, a quantity num+system/code, a
+#: date low/high. https://hl7.org/fhir/R4B/search.html#composite
+SearchComposite = _search_table(
+    "search_composite",
+    {f"c{i}_{field}": typ for i in range(3)
+     for field, typ in (("system", Text), ("code", Text), ("num", Number), ("low", Instant), ("high", Instant))},
+    [("c0_code",)])
+SEARCH_TABLES = (SearchString, SearchToken, SearchReference, SearchDate, SearchNumber, SearchQuantity,
+                 SearchUri, SearchComposite)
+# Reverse lookups (_revinclude, _has, chains ending at a target) start from the target.
+Index("ix_search_reference_target", SearchReference.c.target_type, SearchReference.c.target_id,
+      SearchReference.c.param)
 
 
 class AppState(Base):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jsonpatch
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,8 +33,8 @@ from ..outcome import (
     not_found,
     precondition_failed,
 )
-from . import criteria as crit
-from .models import Resource, ResourceIdentifier, ResourceVersion
+from ..search import store
+from .models import Resource, ResourceVersion
 
 
 @dataclass(frozen=True)
@@ -116,25 +117,23 @@ class Repository:
         return stored
 
     def match(self, resource_type: str, query: str, limit: int | None = None) -> list[str]:
-        """Ids of the current resources matching conditional criteria (``identifier=…``)."""
+        """Ids of the current resources matching conditional criteria (any search, strictly parsed:
+        an unknown parameter is an error here, since ignoring it would write the wrong resource)."""
+        from ..search.compiler import Compiler
+        from ..search.parser import parse
+        from ..search.registry import default_registry
+
         if query.startswith(f"{resource_type}?"):
             query = query[len(resource_type) + 1:]  # tolerated, as HAPI does: "Patient?identifier=…"
-        criteria = crit.parse(query)
-        if criteria.empty:
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                 if k not in _RESULT_PARAMS]
+        if not pairs:
             raise invalid(f"Conditional criteria for {resource_type} are empty")
-        return list(self.session.scalars(crit.select_ids(resource_type, criteria, limit)))
-
-    def search(self, resource_type: str, criteria: crit.Criteria, *, count: int = 20,
-               after: str | None = None) -> tuple[list[Stored], int]:
-        """Current resources matching ``criteria``, ordered by id, keyset-paged after ``after``."""
-        ids = crit.select_ids(resource_type, criteria).order_by(None)
-        total = self.session.scalar(select(func.count()).select_from(ids.subquery())) or 0
-        stmt = select(Resource).where(Resource.resource_type == resource_type, Resource.id.in_(ids))
-        if after is not None:
-            stmt = stmt.where(Resource.id > after)
-        rows = self.session.scalars(stmt.order_by(Resource.id).limit(count))
-        return [Stored(r.resource_type, r.id, r.version_id, aware(r.last_updated), False, _ordered(r.content))
-                for r in rows], total
+        registry = default_registry()
+        req = parse(resource_type, pairs, registry, strict=True)
+        stmt = Compiler(registry, self.clock()).ids(resource_type, req.clauses, req.ids, req.last_updated)
+        stmt = stmt.order_by(Resource.id)
+        return list(self.session.scalars(stmt.limit(limit) if limit is not None else stmt))
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                 since: datetime | None = None, count: int = 20, before: int | None = None) -> HistoryPage:
@@ -267,7 +266,7 @@ class Repository:
         if row is None:
             return None
         return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                      _ordered(row.content), "GET")
+                      ordered(row.content), "GET")
 
     def lock(self, key: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
@@ -311,31 +310,12 @@ class Repository:
         except IntegrityError:
             raise conflict(f"{resource_type}/{resource_id} was written by another request at the same "
                            "time; retry") from None
-        self._index(resource_type, resource_id, content, replace=previous is not None)
+        store.write_index(self.session, resource_type, resource_id, content, replace=previous is not None)
         return Stored(resource_type, resource_id, version_id, now, deleted, content, method, pk)
 
-    def _index(self, resource_type: str, resource_id: str, content: dict[str, Any] | None, replace: bool) -> None:
-        if replace:
-            self.session.execute(delete(ResourceIdentifier).where(
-                ResourceIdentifier.resource_type == resource_type, ResourceIdentifier.resource_id == resource_id))
-        rows = [dict(resource_type=resource_type, resource_id=resource_id, system=s, value=v)
-                for s, v in _identifiers(content)] if content else []
-        if rows:
-            self.session.execute(insert(ResourceIdentifier), rows)
-
-
-def _identifiers(content: dict[str, Any]) -> Iterable[tuple[str, str]]:
-    """(system, value) of ``identifier`` — a list on most types, a single object on a few."""
-    ident = content.get("identifier")
-    items = ident if isinstance(ident, list) else [ident] if isinstance(ident, dict) else []
-    seen: set[tuple[str, str]] = set()
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("value"), str):
-            system = item.get("system")
-            key = (system if isinstance(system, str) else "", str(item["value"]))
-            if key not in seen:
-                seen.add(key)
-                yield key
+#: Result-shaping parameters that do not change which resources match.
+_RESULT_PARAMS = frozenset({"_format", "_pretty", "_count", "_summary", "_elements", "_total", "_sort",
+                            "_include", "_revinclude", "_cursor"})
 
 
 def _check_if_match(current: Stored | None, if_match: str | None, resource_type: str, resource_id: str) -> None:
@@ -377,13 +357,13 @@ def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: 
 
 def _from_version(row: ResourceVersion) -> Stored:
     return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                  _ordered(row.content), row.method, row.pk)
+                  ordered(row.content), row.method, row.pk)
 
 
 _FIRST = ("resourceType", "id", "meta")
 
 
-def _ordered(content: dict[str, Any] | None) -> dict[str, Any] | None:
+def ordered(content: dict[str, Any] | None) -> dict[str, Any] | None:
     """``resourceType``, ``id``, ``meta`` first, as FHIR JSON is usually written (PostgreSQL's
     JSONB keeps keys in its own order)."""
     if content is None:

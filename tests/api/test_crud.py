@@ -159,8 +159,11 @@ def test_conditional_create_on_identifier_and_id(client):
     # Now two Patients carry the identifier: the criteria are ambiguous.
     ambiguous = post_json(client, "/fhir/Patient", PATIENT, **{"If-None-Exist": "identifier=111-22-3333"})
     assert ambiguous.status_code == 412
-    unsupported = post_json(client, "/fhir/Patient", PATIENT, **{"If-None-Exist": "name=Okafor"})
-    assert unsupported.status_code == 400
+    # Any search works as criteria; an unknown parameter is an error (ignoring it would create).
+    by_name = post_json(client, "/fhir/Patient", PATIENT, **{"If-None-Exist": "name=okafor&birthdate=1980-04-02"})
+    assert by_name.status_code == 412  # two Patients match
+    unknown = post_json(client, "/fhir/Patient", PATIENT, **{"If-None-Exist": "shoe-size=42"})
+    assert unknown.status_code == 400
 
 
 def test_conditional_update_and_delete(client):

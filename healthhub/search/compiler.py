@@ -1,0 +1,320 @@
+"""SearchRequest → SQL (https://hl7.org/fhir/R4B/search.html).
+
+A search compiles to one SELECT over ``resources`` whose WHERE holds one ``id IN (…)`` per AND
+clause; each sub-select reads one index table through its ``(resource_type, param, value)``
+index. Chains and ``_has`` nest those sub-selects through ``search_reference``. Nothing is
+filtered in Python.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, and_, false, literal, not_, or_, select, true
+from sqlalchemy.sql.elements import SQLCoreOperations
+
+from ..outcome import not_supported
+from ..storage import models
+from . import ucum
+from .registry import SearchParam
+from .request import (
+    Chain,
+    Clause,
+    CompositeValue,
+    DateValue,
+    NumberValue,
+    OfTypeValue,
+    QuantityValue,
+    ReferenceValue,
+    TokenValue,
+    Value,
+)
+from .values import normalize, number_range
+
+#: A column or mapped attribute: anything that compares into SQL.
+Col = SQLCoreOperations
+
+R = models.Resource
+REF = models.SearchReference
+TABLES: dict[str, Table] = {
+    "string": models.SearchString, "token": models.SearchToken, "reference": models.SearchReference,
+    "date": models.SearchDate, "number": models.SearchNumber, "quantity": models.SearchQuantity,
+    "uri": models.SearchUri, "composite": models.SearchComposite,
+}
+
+
+class Compiler:
+    """Compile clauses for one database (``now`` anchors the ``ap`` prefix)."""
+
+    def __init__(self, registry: Any, now: datetime) -> None:
+        self.registry = registry
+        self.now = now
+
+    # -- whole searches --------------------------------------------------------------------
+
+    def ids(self, resource_type: str, clauses: Sequence[Clause], ids: Sequence[tuple[str, ...]] = (),
+            last_updated: Sequence[tuple[DateValue, ...]] = ()) -> Select[Any]:
+        """SELECT resources.id of the current ``resource_type`` resources matching everything."""
+        stmt = select(R.id).where(R.resource_type == resource_type, R.deleted.is_(False))
+        return stmt.where(*self.conditions(resource_type, clauses, ids, last_updated))
+
+    def conditions(self, resource_type: str, clauses: Sequence[Clause], ids: Sequence[tuple[str, ...]] = (),
+                   last_updated: Sequence[tuple[DateValue, ...]] = ()) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``resources`` (R) for the AND of all clauses."""
+        out: list[ColumnElement[bool]] = [R.id.in_(alternatives) for alternatives in ids]
+        for alternatives in last_updated:
+            out.append(or_(*(date_condition(R.last_updated, R.last_updated, v, self.now) for v in alternatives)))
+        out.extend(self.clause(resource_type, c) for c in clauses)
+        return out
+
+    # -- one clause ------------------------------------------------------------------------
+
+    def clause(self, resource_type: str, clause: Clause) -> ColumnElement[bool]:
+        if not clause.chain:
+            return self.param(resource_type, R.id, clause.param, clause.modifier, clause.values)
+        return R.id.in_(self._chained(resource_type, clause))
+
+    def _chained(self, resource_type: str, clause: Clause) -> Select[Any]:
+        """Ids of ``resource_type`` reached through the clause's chain (innermost first)."""
+        types = [resource_type]
+        for link in clause.chain:
+            types.append(link.target_type if isinstance(link, Chain) else link.source_type)
+        end = Clause(clause.param, clause.modifier, clause.values)
+        inner: Select[Any] = self.ids(types[-1], [end])
+        for link, from_type in reversed(list(zip(clause.chain, types[:-1], strict=True))):
+            if isinstance(link, Chain):
+                inner = select(REF.c.resource_id).where(
+                    REF.c.resource_type == from_type, REF.c.param == link.param.code,
+                    REF.c.target_type == link.target_type, REF.c.target_id.in_(inner))
+            else:  # _has: resources of source_type whose param points at from_type
+                inner = select(REF.c.target_id).where(
+                    REF.c.resource_type == link.source_type, REF.c.param == link.param.code,
+                    REF.c.target_type == from_type, REF.c.resource_id.in_(inner))
+        return inner
+
+    def param(self, resource_type: str, id_col: Col[Any], param: SearchParam, modifier: str | None,
+              values: Sequence[Value]) -> ColumnElement[bool]:
+        """Condition on ``id_col`` (an id of ``resource_type``) for one parameter's OR values."""
+        if param.code == "_id":
+            return self._on_resources(resource_type, id_col, R.id.in_(_id_values(values)), modifier)
+        if param.code == "_lastUpdated":
+            cond = or_(*(date_condition(R.last_updated, R.last_updated, v, self.now)
+                         for v in values if isinstance(v, DateValue)))
+            return self._on_resources(resource_type, id_col, cond, modifier)
+        table = TABLES.get(param.type)
+        if table is None:
+            raise not_supported(f"Search parameter {param.code!r} of type {param.type} is not supported")
+        mine = and_(table.c.resource_type == resource_type, table.c.param == param.code)
+        if modifier == "missing":
+            has = select(table.c.pk).where(mine, table.c.resource_id == id_col).exists()
+            return or_(*((~has if v else has) for v in values if isinstance(v, bool))) if values else true()
+        matches = or_(*(self.value(table, param, modifier, v) for v in values))
+        rows = select(table.c.resource_id).where(mine, matches)
+        if modifier == "not":  # https://hl7.org/fhir/R4B/search.html#token : none of the values match
+            return id_col.not_in(rows)
+        return id_col.in_(rows)
+
+    def _on_resources(self, resource_type: str, id_col: Col[Any], cond: ColumnElement[bool],
+                      modifier: str | None) -> ColumnElement[bool]:
+        if id_col is R.id:
+            return not_(cond) if modifier == "not" else cond
+        ids = select(R.id).where(R.resource_type == resource_type, cond)
+        return id_col.not_in(ids) if modifier == "not" else id_col.in_(ids)
+
+    # -- one value -------------------------------------------------------------------------
+
+    def value(self, table: Table, param: SearchParam, modifier: str | None, v: Value) -> ColumnElement[bool]:
+        kind = param.type
+        c = table.c
+        if kind == "string":
+            return string_condition(c.value, c.exact, modifier, str(v))
+        if kind == "token":
+            return token_condition(c.system, c.code, c.text, modifier, v, c.type_system, c.type_code)
+        if kind == "reference":
+            return reference_condition(c, modifier, v)
+        if kind == "date" and isinstance(v, DateValue):
+            return date_condition(c.low, c.high, v, self.now)
+        if kind == "number" and isinstance(v, NumberValue):
+            return number_condition(c.value, v.prefix, v.value)
+        if kind == "quantity" and isinstance(v, QuantityValue):
+            return quantity_condition(c.value, c.system, c.code, c.canonical_value, c.canonical_code, v)
+        if kind == "uri":
+            return uri_condition(c.uri, modifier, str(v))
+        if kind == "composite" and isinstance(v, CompositeValue):
+            return self._composite(table, param, v)
+        return false()
+
+    def _composite(self, table: Table, param: SearchParam, v: CompositeValue) -> ColumnElement[bool]:
+        conds = []
+        for i, (component, part) in enumerate(zip(param.components, v.parts, strict=False)):
+            sub = self.registry.by_url(component.definition)
+            if sub is None or i > 2:
+                return false()
+            col = {k: table.c[f"c{i}_{k}"] for k in ("system", "code", "num", "low", "high")}
+            if sub.type == "token":
+                conds.append(token_condition(col["system"], col["code"], None, None, part))
+            elif sub.type == "reference":
+                conds.append(_composite_reference(col, part))
+            elif sub.type == "string":
+                conds.append(string_condition(col["code"], col["code"], None, str(part)))
+            elif sub.type == "number" and isinstance(part, NumberValue):
+                conds.append(number_condition(col["num"], part.prefix, part.value))
+            elif sub.type == "quantity" and isinstance(part, QuantityValue):
+                conds.append(_composite_quantity(col, part))
+            elif sub.type == "date" and isinstance(part, DateValue):
+                conds.append(date_condition(col["low"], col["high"], part, self.now))
+            else:
+                return false()
+        return and_(*conds)
+
+
+# -- value conditions (pure functions of columns and a value) --------------------------------
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def string_condition(norm_col: Col[Any], exact_col: Col[Any], modifier: str | None, text: str) -> ColumnElement[bool]:
+    """Starts-with, case/accent-insensitive by default; ``:exact``; ``:contains``."""
+    if modifier == "exact":
+        return exact_col == text
+    pattern = like_escape(normalize(text))
+    if modifier == "contains":
+        return norm_col.like(f"%{pattern}%", escape="\\")
+    return norm_col.like(f"{pattern}%", escape="\\")
+
+
+def token_condition(system_col: Col[Any], code_col: Col[Any], text_col: Col[Any] | None, modifier: str | None,
+                    v: Value, type_system_col: Col[Any] | None = None,
+                    type_code_col: Col[Any] | None = None) -> ColumnElement[bool]:
+    if modifier == "text" and text_col is not None:
+        return text_col.like(f"{like_escape(normalize(str(v)))}%", escape="\\")
+    if isinstance(v, OfTypeValue) and type_code_col is not None and type_system_col is not None:
+        conds = [type_code_col == v.type_code, code_col == v.value]
+        if v.type_system is not None:
+            conds.append(type_system_col == v.type_system)
+        return and_(*conds)
+    if isinstance(v, TokenValue):
+        conds = []
+        if v.code is not None:
+            conds.append(code_col == v.code)
+        if v.system is not None:
+            conds.append(system_col == v.system)
+        return and_(*conds) if conds else true()
+    return code_col == str(v)
+
+
+def reference_condition(c: Any, modifier: str | None, v: Value) -> ColumnElement[bool]:
+    if modifier == "identifier" and isinstance(v, TokenValue):
+        conds = []
+        if v.code is not None:
+            conds.append(c.ident_value == v.code)
+        if v.system is not None:
+            conds.append(c.ident_system == v.system)
+        return and_(*conds) if conds else false()
+    if not isinstance(v, ReferenceValue):
+        return false()
+    if v.id is not None:
+        cond = c.target_id == v.id
+        return and_(cond, c.target_type == v.resource_type) if v.resource_type else cond
+    if v.url is not None:
+        return c.url == v.url
+    return false()
+
+
+def _composite_reference(col: Mapping[str, Col[Any]], v: Value) -> ColumnElement[bool]:
+    if isinstance(v, ReferenceValue) and v.id is not None:
+        cond = col["code"] == v.id
+        return and_(cond, col["system"] == v.resource_type) if v.resource_type else cond
+    return false()
+
+
+def _composite_quantity(col: Mapping[str, Col[Any]], v: QuantityValue) -> ColumnElement[bool]:
+    canon = ucum.canonical(v.value, v.code) if v.code else None
+    if canon is not None:
+        return and_(number_condition(col["num"], v.prefix, canon[0]), col["code"] == canon[1])
+    conds = [number_condition(col["num"], v.prefix, v.value)]
+    if v.code is not None:
+        conds.append(col["code"] == v.code)
+    if v.system is not None:
+        conds.append(col["system"] == v.system)
+    return and_(*conds)
+
+
+def date_condition(low: Col[Any], high: Col[Any], v: DateValue, now: datetime) -> ColumnElement[bool]:
+    """Range semantics of https://hl7.org/fhir/R4B/search.html#prefix for a stored [low, high]."""
+    p = v.prefix
+    if p == "eq":
+        return and_(low >= v.low, high <= v.high)
+    if p == "ne":
+        return or_(low < v.low, high > v.high)
+    if p == "gt":
+        return high > v.high
+    if p == "lt":
+        return low < v.low
+    if p == "ge":
+        return high >= v.low
+    if p == "le":
+        return low <= v.high
+    if p == "sa":
+        return low > v.high
+    if p == "eb":
+        return high < v.low
+    # ap: overlap, widened by 10% of the distance from now (at least a day), as the spec suggests.
+    margin = max(abs(now - v.low) / 10, timedelta(days=1))
+    return and_(low <= v.high + margin, high >= v.low - margin)
+
+
+def number_condition(col: Col[Any], prefix: str, value: Decimal) -> ColumnElement[bool]:
+    """Numbers: ``eq`` within the value's implied precision, the others as plain comparisons."""
+    lo, hi = number_range(value)
+    fv, flo, fhi = float(value), float(lo), float(hi)
+    if prefix == "eq":
+        return and_(col >= flo, col < fhi)
+    if prefix == "ne":
+        return or_(col < flo, col >= fhi)
+    if prefix in ("gt", "sa"):
+        return col > fv
+    if prefix in ("lt", "eb"):
+        return col < fv
+    if prefix == "ge":
+        return col >= fv
+    if prefix == "le":
+        return col <= fv
+    margin = abs(fv) / 10  # ap: within 10%
+    return and_(col >= fv - margin, col <= fv + margin)
+
+
+def quantity_condition(value_col: Col[Any], system_col: Col[Any], code_col: Col[Any], canon_value_col: Col[Any],
+                       canon_code_col: Col[Any], v: QuantityValue) -> ColumnElement[bool]:
+    """As given (value + system/code), or after UCUM canonicalisation on both sides."""
+    conds = [number_condition(value_col, v.prefix, v.value)]
+    if v.code is not None:
+        conds.append(code_col == v.code)
+    if v.system is not None:
+        conds.append(system_col == v.system)
+    as_given = and_(*conds)
+    canon = ucum.canonical(v.value, v.code) if v.code else None
+    if canon is None:
+        return as_given
+    return or_(as_given, and_(canon_code_col == canon[1], number_condition(canon_value_col, v.prefix, canon[0])))
+
+
+def uri_condition(col: Col[Any], modifier: str | None, text: str) -> ColumnElement[bool]:
+    if modifier == "above":  # stored uri is a prefix of the value
+        return literal(text).like(col.concat("%"))
+    if modifier == "below":
+        return col.like(f"{like_escape(text)}%", escape="\\")
+    return col == text
+
+
+def _id_values(values: Sequence[Value]) -> list[str]:
+    out = []
+    for v in values:
+        if isinstance(v, TokenValue) and v.code is not None:
+            out.append(v.code)
+        elif isinstance(v, str):
+            out.append(v)
+    return out

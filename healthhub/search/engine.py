@@ -1,0 +1,184 @@
+"""Run a SearchRequest: one SELECT for the page, one COUNT for the total, one SELECT per
+``_include``/``_revinclude`` (and per ``:iterate`` round, at most three) — a bounded number of
+statements whatever the size of the result.
+
+Paging is keyset paging: the ``next`` link carries the sort values of the page's last row, so
+rows written or deleted between pages never shift a page (no OFFSET over a moving set).
+https://hl7.org/fhir/R4B/search.html#paging
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, DateTime, Float, Text, and_, func, literal, or_, select, tuple_
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import SQLCoreOperations
+
+from .. import jsonio
+from ..clock import aware
+from ..outcome import invalid
+from ..storage import models
+from ..storage.repository import Stored, ordered
+from .compiler import REF, TABLES, Compiler
+from .registry import Registry
+from .request import Include, SearchRequest, SortKey
+from .values import UTC
+
+R = models.Resource
+MAX_ITERATE = 3
+_SQL_TYPES: dict[str, Any] = {"str": Text(), "num": Float(precision=53), "time": DateTime(timezone=True)}
+_MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
+_MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@dataclass
+class SearchResult:
+    matches: list[Stored]
+    included: list[Stored]
+    total: int | None
+    next_cursor: str | None
+
+
+class SortColumn:
+    """One ORDER BY key with a non-null sentinel, so keyset comparisons are total."""
+
+    def __init__(self, expr: SQLCoreOperations[Any], descending: bool, kind: str) -> None:
+        self.descending = descending
+        self.kind = kind  # str | num | time
+        sentinel: Any = {"str": "\uffff" if not descending else "",
+                         "num": 1e308 if not descending else -1e308,
+                         "time": _MAX_TIME if not descending else _MIN_TIME}[kind]
+        self.expr: ColumnElement[Any] = func.coalesce(expr, literal(sentinel, type_=_SQL_TYPES[kind]))
+
+    def decode(self, raw: Any) -> Any:
+        if self.kind == "time":
+            return datetime.fromisoformat(raw)
+        if self.kind == "num":
+            return float(raw)
+        return str(raw)
+
+
+class Engine:
+    def __init__(self, session: Session, registry: Registry, now: datetime) -> None:
+        self.session = session
+        self.registry = registry
+        self.compiler = Compiler(registry, now)
+
+    def search(self, req: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()) -> SearchResult:
+        rtype = req.resource_type
+        where = [R.resource_type == rtype, R.deleted.is_(False), *extra,
+                 *self.compiler.conditions(rtype, req.clauses, req.ids, req.last_updated)]
+        total = None
+        if req.total != "none" or req.summary == "count":
+            total = self.session.scalar(select(func.count()).select_from(R).where(*where)) or 0
+        if req.summary == "count" or req.count == 0:
+            return SearchResult([], [], total, None)
+        keys = [self._sort_column(rtype, k) for k in req.sort] + [SortColumn(R.id, False, "str")]
+        stmt = select(R, *[k.expr for k in keys]).where(*where)
+        if req.cursor:
+            stmt = stmt.where(_after(keys, _decode_cursor(req.cursor, keys)))
+        stmt = stmt.order_by(*[k.expr.desc() if k.descending else k.expr.asc() for k in keys])
+        rows = self.session.execute(stmt.limit(req.count + 1)).all()
+        page = rows[:req.count]
+        matches = [_stored(row[0]) for row in page]
+        cursor = _encode_cursor(list(page[-1][1:]), keys) if len(rows) > req.count and page else None
+        included = self._includes(req.includes, matches) if req.includes else []
+        return SearchResult(matches, included, total, cursor)
+
+    # -- sorting ---------------------------------------------------------------------------
+
+    def _sort_column(self, rtype: str, key: SortKey) -> SortColumn:
+        param = key.param
+        if param.code == "_id":
+            return SortColumn(R.id, key.descending, "str")
+        if param.code == "_lastUpdated":
+            return SortColumn(R.last_updated, key.descending, "time")
+        table = TABLES[param.type]
+        col, kind = {
+            "string": ("value", "str"), "token": ("code", "str"), "reference": ("target_id", "str"),
+            "uri": ("uri", "str"), "number": ("value", "num"), "quantity": ("value", "num"),
+            "date": ("high" if key.descending else "low", "time"),
+        }.get(param.type, ("", ""))
+        if not col:
+            raise invalid(f"_sort on {param.code} ({param.type}) is not supported", ("_sort",))
+        agg = func.max if key.descending else func.min
+        expr = (select(agg(table.c[col])).where(table.c.resource_type == rtype, table.c.resource_id == R.id,
+                                                table.c.param == param.code).scalar_subquery())
+        return SortColumn(expr, key.descending, kind)
+
+    # -- _include / _revinclude --------------------------------------------------------------
+
+    def _includes(self, includes: list[Include], matches: list[Stored]) -> list[Stored]:
+        seen = {(s.resource_type, s.id) for s in matches}
+        found: list[Stored] = []
+        frontier = matches
+        for round_ in range(MAX_ITERATE + 1):
+            todo = includes if round_ == 0 else [i for i in includes if i.iterate]
+            if not todo or not frontier:
+                break
+            fresh: list[Stored] = []
+            for inc in todo:
+                for stored in self._include_once(inc, frontier):
+                    key = (stored.resource_type, stored.id)
+                    if key not in seen:
+                        seen.add(key)
+                        fresh.append(stored)
+            found.extend(fresh)
+            frontier = fresh
+        return found
+
+    def _include_once(self, inc: Include, frontier: list[Stored]) -> list[Stored]:
+        ids = [s.id for s in frontier if s.resource_type == (inc.target_type if inc.reverse else inc.source_type)
+               or (inc.reverse and inc.target_type is None)]
+        if not ids:
+            return []
+        if inc.reverse:
+            refs = select(REF.c.resource_id).where(REF.c.resource_type == inc.source_type,
+                                                   REF.c.target_id.in_(ids))
+            if inc.param is not None:
+                refs = refs.where(REF.c.param == inc.param.code)
+            stmt = select(R).where(R.resource_type == inc.source_type, R.id.in_(refs), R.deleted.is_(False))
+        else:
+            targets = select(REF.c.target_type, REF.c.target_id).where(
+                REF.c.resource_type == inc.source_type, REF.c.resource_id.in_(ids), REF.c.target_id.is_not(None))
+            if inc.param is not None:
+                targets = targets.where(REF.c.param == inc.param.code)
+            if inc.target_type is not None:
+                targets = targets.where(REF.c.target_type == inc.target_type)
+            stmt = select(R).where(tuple_(R.resource_type, R.id).in_(targets), R.deleted.is_(False))
+        return [_stored(r) for r in self.session.scalars(stmt.order_by(R.resource_type, R.id))]
+
+
+def _after(keys: list[SortColumn], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the (mixed-direction) order of ``keys``."""
+    alternatives = []
+    for i, key in enumerate(keys):
+        same = [keys[j].expr == values[j] for j in range(i)]
+        beyond = key.expr < values[i] if key.descending else key.expr > values[i]
+        alternatives.append(and_(*same, beyond))
+    return or_(*alternatives)
+
+
+def _encode_cursor(values: list[Any], keys: list[SortColumn]) -> str:
+    raw = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(jsonio.dumps(raw)).decode().rstrip("=")
+
+
+def _decode_cursor(token: str, keys: list[SortColumn]) -> list[Any]:
+    try:
+        raw = jsonio.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(raw, list) or len(raw) != len(keys):
+            raise ValueError("shape")
+        return [k.decode(v) for k, v in zip(keys, raw, strict=True)]
+    except (ValueError, TypeError, binascii.Error):
+        raise invalid("_cursor is not a page token from this search's links", ("_cursor",)) from None
+
+
+def _stored(row: models.Resource) -> Stored:
+    return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
+                  ordered(row.content))
