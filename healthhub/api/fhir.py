@@ -20,14 +20,15 @@ from ..db import Database
 from ..operations import OperationCall
 from ..operations import load as load_operations
 from ..outcome import FhirError, Issue, information, invalid, not_found, not_supported
+from ..search.compartment import in_compartment
 from ..search.engine import Engine
 from ..search.parser import parse
 from ..search.registry import default_registry
+from ..search.searchset import searchset
 from ..storage.bundle import BundleProcessor
 from ..storage.repository import Repository, Stored, WriteResult, parse_etag
 from . import http
 from .capability import capability_statement, supports
-from .searchset import searchset
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 DEFAULT_COUNT = 20
@@ -179,6 +180,8 @@ def instance_sub(rtype: str, rid: str, sub: str) -> Response:
         return _operation(sub[1:], "instance", rtype, rid)
     if sub == "_history" and request.method in ("GET", "HEAD"):
         return _history(rtype, rid)
+    if rtype == "Patient" and resources.is_resource_type(sub) and request.method in ("GET", "HEAD"):
+        return _compartment_search(rid, sub)
     raise not_found(f"No such endpoint: {rtype}/{rid}/{sub}")
 
 
@@ -280,6 +283,22 @@ def _search(rtype: str, pairs: list[tuple[str, str]]) -> Response:
     with unit_of_work() as repo:
         result = Engine(repo.session, registry, utcnow()).search(req)
     return http.fhir_response(searchset(req, result, f"{base}/{rtype}", pairs, base))
+
+
+def _compartment_search(patient_id: str, rtype: str) -> Response:
+    """``Patient/{id}/{type}?…``: a search confined to the patient's compartment
+    (https://hl7.org/fhir/R4B/search.html#compartments)."""
+    cond = in_compartment(rtype, patient_id)
+    if cond is None:
+        raise invalid(f"{rtype} resources are never in a Patient compartment")
+    registry = default_registry()
+    base = _config().fhir_base
+    pairs = list(request.args.items(multi=True))
+    req = parse(rtype, pairs, registry, strict=http.prefer_handling() == "strict", base_url=base)
+    with unit_of_work() as repo:
+        repo.read("Patient", patient_id)
+        result = Engine(repo.session, registry, utcnow()).search(req, extra=[cond])
+    return http.fhir_response(searchset(req, result, f"{base}/Patient/{patient_id}/{rtype}", pairs, base))
 
 
 def _operation(name: str, level: str, rtype: str | None, rid: str | None) -> Response:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import resources
 from ..clock import instant
@@ -263,12 +263,28 @@ class BundleProcessor:
 
     def _get(self, e: Entry) -> dict[str, Any]:
         parts = e.path.split("/")
+        if len(parts) == 1:
+            return self._search(self._check_type(parts[0]), e.query)
         if e.query or len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "_history"):
-            raise not_supported(f"GET {e.url!r} in a Bundle: only read and vread are supported")
+            raise not_supported(f"GET {e.url!r} in a Bundle: read, vread and type searches are supported")
         rtype = self._check_type(parts[0])
         stored = self.repo.read(rtype, parts[1]) if len(parts) == 2 else self.repo.vread(rtype, parts[1], parts[3])
         return {"status": "200 OK", "etag": stored.etag, "lastModified": instant(stored.last_updated),
                 "resource": stored.content}
+
+    def _search(self, rtype: str, query: str) -> dict[str, Any]:
+        """A search entry: its searchset Bundle is the entry's resource."""
+        from ..search.engine import Engine
+        from ..search.parser import parse
+        from ..search.registry import default_registry
+        from ..search.searchset import searchset
+
+        registry = default_registry()
+        pairs = parse_qsl(query, keep_blank_values=True)
+        req = parse(rtype, pairs, registry, base_url=self.base_url)
+        result = Engine(self.repo.session, registry, self.repo.clock()).search(req)
+        bundle = searchset(req, result, f"{self.base_url}/{rtype}", pairs, self.base_url)
+        return {"status": "200 OK", "resource": bundle}
 
     def _written(self, result: WriteResult) -> dict[str, Any]:
         s = result.stored
@@ -287,7 +303,8 @@ class BundleProcessor:
         resource = response.pop("resource", None)
         entry: dict[str, Any] = {}
         if resource is not None:
-            entry["fullUrl"] = f"{self.base_url}/{resource['resourceType']}/{resource['id']}"
+            if "id" in resource:
+                entry["fullUrl"] = f"{self.base_url}/{resource['resourceType']}/{resource['id']}"
             entry["resource"] = resource
         entry["response"] = response
         return entry

@@ -168,3 +168,18 @@ def test_a_transaction_writes_each_resource_once(client, db_counts):
     assert resp.status_code == 400
     assert resp.json["issue"][0]["expression"] == ["Bundle.entry[1]"]
     assert db_counts() == before
+
+
+def test_batch_get_entries_can_search(client):
+    post_json(client, "/fhir/Patient", {"resourceType": "Patient", "gender": "female", "birthDate": "1990-01-01"})
+    post_json(client, "/fhir/Patient", {"resourceType": "Patient", "gender": "male", "birthDate": "1985-05-05"})
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?gender=female"}},
+        {"request": {"method": "GET", "url": "Patient?birthdate=lt1989&_count=0"}},
+        {"request": {"method": "GET", "url": "Patient?birthdate=notadate"}}]})
+    assert resp.status_code == 200
+    first, second, third = resp.json["entry"]
+    assert first["resource"]["type"] == "searchset" and first["resource"]["total"] == 1
+    assert first["resource"]["entry"][0]["resource"]["gender"] == "female"
+    assert second["resource"]["total"] == 1
+    assert third["response"]["status"].startswith("400")

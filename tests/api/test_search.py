@@ -304,3 +304,75 @@ def test_post_search_and_paging_stable_across_writes(env):
     got = [e["resource"]["id"] for e in first["entry"]] + [e["resource"]["id"] for e in second["entry"]]
     assert len(got) == len(set(got))
     assert set(got) <= before
+
+
+def test_compartment_search(env):
+    client, corpus = env
+    for patient in corpus.of("Patient"):
+        mine = {o["id"] for o in corpus.of("Observation") if corpus.ref(o["subject"]["reference"]) == patient["id"]}
+        assert all_ids(client, f"/fhir/Patient/{patient['id']}/Observation") == mine
+        heights = {o["id"] for o in corpus.of("Observation")
+                   if o["id"] in mine and o["code"]["coding"][0]["code"] == "8302-2"}
+        assert all_ids(client, f"/fhir/Patient/{patient['id']}/Observation?code=8302-2") == heights
+    assert client.get(f"/fhir/Patient/{corpus.of('Patient')[0]['id']}/Organization").status_code == 400
+    assert client.get("/fhir/Patient/nobody/Observation").status_code == 404
+
+
+def _everything_expected(corpus, patient_id):
+    """Computed from the raw bundle: the patient, what points at it, and non-patient targets."""
+    compartment_params = {"subject", "patient", "beneficiary"}  # the fields Synthea uses
+
+    def refs(resource):
+        out = []
+        stack = [resource]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                if isinstance(node.get("reference"), str):
+                    out.append(node["reference"])
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return out
+
+    members = {("Patient", patient_id)}
+    for r in corpus.resources:
+        if r["resourceType"] == "Patient":
+            continue
+        direct = [v for k, v in r.items() if k in compartment_params and isinstance(v, dict)]
+        if any(corpus.ref(d["reference"]) == patient_id for d in direct if "reference" in d):
+            members.add((r["resourceType"], r["id"]))
+    by_id = {r["id"]: r for r in corpus.resources}
+    referenced = set()
+    for rtype, rid in list(members):
+        if rtype == "Patient":
+            continue
+        for ref in refs(by_id[rid]):
+            target = by_id.get(corpus.server_id.get(ref, ""))
+            if target and target["resourceType"] in ("Practitioner", "Organization", "Location", "Medication"):
+                referenced.add((target["resourceType"], target["id"]))
+    return members | referenced
+
+
+def test_patient_everything(env):
+    client, corpus = env
+    patient = corpus.of("Patient")[0]
+    expected = _everything_expected(corpus, patient["id"])
+    got: list[tuple[str, str]] = []
+    body = search(client, f"/fhir/Patient/{patient['id']}/$everything?_count=50")
+    assert body["total"] == len(expected)
+    while True:
+        got += [(e["resource"]["resourceType"], e["resource"]["id"]) for e in body["entry"]]
+        nxt = [link["url"] for link in body["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        parts = urlsplit(nxt[0])
+        body = search(client, f"{parts.path}?{parts.query}")
+    assert len(got) == len(set(got))
+    assert set(got) == expected
+    only = search(client, f"/fhir/Patient/{patient['id']}/$everything?_type=Encounter,Condition&_count=1000")
+    assert {e["resource"]["resourceType"] for e in only["entry"]} <= {"Encounter", "Condition"}
+    assert only["total"] == len({x for x in expected if x[0] in ("Encounter", "Condition")})
+    assert search(client, f"/fhir/Patient/{patient['id']}/$everything?_since=2999-01-01T00:00:00Z")["total"] == 0
+    assert client.get(f"/fhir/Patient/{patient['id']}/$everything?_type=Nope").status_code == 400
+    assert client.get("/fhir/Patient/nobody/$everything").status_code == 404

@@ -6,10 +6,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..outcome import Issue, operation_outcome
-from ..search.engine import SearchResult
-from ..search.request import SearchRequest
-from ..search.shape import select_elements, summarize
 from ..storage.repository import Stored
+from .engine import SearchResult
+from .request import SearchRequest
+from .shape import select_elements, summarize
 
 _PAGING = frozenset({"_cursor"})
 
