@@ -34,8 +34,13 @@ def write_index(session: Session, resource_type: str, resource_id: str, content:
         clear_index(session, resource_type, [resource_id])
     if content is None:
         return
-    for table, rows in table_rows(resource_type, resource_id, default_indexer().extract(content)).items():
+    for table, rows in index_rows(resource_type, resource_id, content).items():
         session.execute(insert(table), rows)
+
+
+def index_rows(resource_type: str, resource_id: str, content: dict[str, Any]) -> dict[Table, list[dict[str, Any]]]:
+    """The index rows of one resource, grouped by table."""
+    return table_rows(resource_type, resource_id, default_indexer().extract(content))
 
 
 def clear_index(session: Session, resource_type: str, resource_ids: list[str]) -> None:
@@ -52,8 +57,15 @@ def table_rows(resource_type: str, resource_id: str, rows: Iterable[Any]) -> dic
         if found is None:
             continue
         table, values = found
-        out[table].append({"resource_type": resource_type, "resource_id": resource_id, "param": row.param, **values})
+        # Every row of a table carries every column, so one executemany can take them all.
+        out[table].append({**_EMPTY[table.name], "resource_type": resource_type, "resource_id": resource_id,
+                           "param": row.param, **values})
     return out
+
+
+_EMPTY: dict[str, dict[str, None]] = {
+    t.name: {c.name: None for c in t.columns if c.name not in ("pk", "resource_type", "resource_id", "param")}
+    for t in models.SEARCH_TABLES}
 
 
 def _columns(row: Any) -> tuple[Table, dict[str, Any]] | None:
@@ -93,7 +105,8 @@ def _columns(row: Any) -> tuple[Table, dict[str, Any]] | None:
 def composite_part(part: Any) -> dict[str, Any] | None:
     """(system, code, num, low, high) of one component value, as ``search_composite`` stores it."""
     if isinstance(part, ix.TokenRow):
-        return {"system": part.system, "code": part.code}
+        # A CodeableConcept's text-only row matches no composite search: skip its combinations.
+        return None if part.code is None else {"system": part.system, "code": part.code}
     if isinstance(part, ix.ReferenceRow):
         return {"system": part.target_type, "code": part.target_id}
     if isinstance(part, ix.StringRow):

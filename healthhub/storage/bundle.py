@@ -102,7 +102,18 @@ class BundleProcessor:
             if e.resource is not None and e.method in ("POST", "PUT"):
                 with _located(e):
                     e.resource = self._rewrite(e.resource, mapping)
-        for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+        ordered_entries = sorted(entries, key=lambda x: (_ORDER[x.method], x.index))
+        # New resources with pre-assigned ids (the POSTs) are written in one multi-row INSERT per
+        # table: no entry of that phase reads what another writes.
+        posts = [e for e in ordered_entries if e.method == "POST"]
+        for e in (x for x in ordered_entries if x.method == "DELETE"):
+            with _located(e):
+                e.response = self._execute(e)
+        with self.repo.batched():
+            for e in posts:
+                with _located(e):
+                    e.response = self._execute(e)
+        for e in (x for x in ordered_entries if x.method not in ("DELETE", "POST")):
             with _located(e):
                 e.response = self._execute(e)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,6 +85,7 @@ class Repository:
         self.session = session
         self.ctx = ctx
         self.clock = clock
+        self._pending: _Pending | None = None
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -293,6 +295,9 @@ class Repository:
             content["meta"] = meta
         deleted = resource is None
         values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
+        if previous is None and self._pending is not None:
+            self._pending.add(resource_type, resource_id, method, values, content)
+            return Stored(resource_type, resource_id, version_id, now, deleted, content, method, None)
         try:
             if previous is None:
                 self.session.execute(insert(Resource).values(resource_type=resource_type, id=resource_id, **values))
@@ -312,6 +317,48 @@ class Repository:
                            "time; retry") from None
         store.write_index(self.session, resource_type, resource_id, content, replace=previous is not None)
         return Stored(resource_type, resource_id, version_id, now, deleted, content, method, pk)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Buffer the rows of new resources and write them with one multi-row INSERT per table
+        when the block ends. Only for runs of creates with known ids and no reads in between
+        (the POST phase of a transaction): a read inside the block would not see them."""
+        self._pending = _Pending()
+        try:
+            yield
+            self._flush_pending()
+        finally:
+            self._pending = None
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        if pending is None or not pending.resources:
+            return
+        try:
+            self.session.execute(insert(Resource), pending.resources)
+            self.session.execute(insert(ResourceVersion), pending.versions)
+        except IntegrityError:
+            raise conflict("A resource of this request was written by another request at the same time; "
+                           "retry") from None
+        for table, rows in pending.index.items():
+            self.session.execute(insert(table), rows)
+
+
+class _Pending:
+    """Rows of new resources waiting for one multi-row INSERT per table."""
+
+    def __init__(self) -> None:
+        self.resources: list[dict[str, Any]] = []
+        self.versions: list[dict[str, Any]] = []
+        self.index: dict[Any, list[dict[str, Any]]] = {}
+
+    def add(self, resource_type: str, resource_id: str, method: str, values: dict[str, Any],
+            content: dict[str, Any] | None) -> None:
+        self.resources.append({"resource_type": resource_type, "id": resource_id, **values})
+        self.versions.append({"resource_type": resource_type, "id": resource_id, "method": method, **values})
+        if content is not None:
+            for table, rows in store.index_rows(resource_type, resource_id, content).items():
+                self.index.setdefault(table, []).extend(rows)
 
 #: Result-shaping parameters that do not change which resources match.
 _RESULT_PARAMS = frozenset({"_format", "_pretty", "_count", "_summary", "_elements", "_total", "_sort",
