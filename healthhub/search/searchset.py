@@ -31,7 +31,7 @@ def searchset(req: SearchRequest, result: SearchResult, url: str, pairs: list[tu
     if req.warnings:
         entries.append({"resource": operation_outcome([Issue("warning", "not-supported", w) for w in req.warnings]),
                         "search": {"mode": "outcome"}})
-    if req.summary != "count":
+    if entries and req.summary != "count":
         bundle["entry"] = entries
     return bundle
 
