@@ -141,7 +141,7 @@ class BundleProcessor:
         if e.method == "POST":
             rtype = self._type_of(e)
             if e.if_none_exist:
-                self.repo.lock(f"create:{rtype}?{e.if_none_exist}")
+                self.repo.lock_criteria(rtype, e.if_none_exist)
                 ids = self.repo.match(rtype, e.if_none_exist, limit=2)
                 if len(ids) > 1:
                     raise precondition_failed(f"ifNoneExist {e.if_none_exist!r} matches more than one {rtype}")

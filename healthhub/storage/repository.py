@@ -171,7 +171,7 @@ class Repository:
         resources.validate(resource)
         rtype = resource["resourceType"]
         if if_none_exist:
-            self.lock(f"create:{rtype}?{if_none_exist}")
+            self.lock_criteria(rtype, if_none_exist)
             ids = self.match(rtype, if_none_exist, limit=2)
             if len(ids) > 1:
                 raise precondition_failed(
@@ -205,7 +205,7 @@ class Repository:
     def conditional_update(self, resource_type: str, query: str, resource: dict[str, Any], *,
                            if_match: str | None = None) -> WriteResult:
         """``PUT Type?criteria``: create when none match, update the one match, 412 for several."""
-        self.lock(f"update:{resource_type}?{query}")
+        self.lock_criteria(resource_type, query)
         ids = self.match(resource_type, query, limit=2)
         if len(ids) > 1:
             raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
@@ -269,6 +269,14 @@ class Repository:
             return None
         return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
                       ordered(row.content), "GET")
+
+    def lock_criteria(self, resource_type: str, query: str) -> None:
+        """Serialise conditional writes whose criteria are the same search, however spelled
+        (parameter order, a leading ``Type?``): the key is the sorted parameter list."""
+        if query.startswith(f"{resource_type}?"):
+            query = query[len(resource_type) + 1:]
+        pairs = sorted(parse_qsl(query, keep_blank_values=True))
+        self.lock(f"conditional:{resource_type}?" + "&".join(f"{k}={v}" for k, v in pairs))
 
     def lock(self, key: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
