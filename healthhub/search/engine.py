@@ -133,17 +133,22 @@ class Engine:
         return found
 
     def _include_once(self, inc: Include, frontier: list[Stored]) -> list[Stored]:
-        ids = [s.id for s in frontier if s.resource_type == (inc.target_type if inc.reverse else inc.source_type)
-               or (inc.reverse and inc.target_type is None)]
-        if not ids:
-            return []
         if inc.reverse:
+            # _revinclude: resources of source_type whose reference points at a frontier resource
+            # of the same type and id (types matter: client-assigned ids repeat across types).
+            keys = [(s.resource_type, s.id) for s in frontier
+                    if inc.target_type is None or s.resource_type == inc.target_type]
+            if not keys:
+                return []
             refs = select(REF.c.resource_id).where(REF.c.resource_type == inc.source_type,
-                                                   REF.c.target_id.in_(ids))
+                                                   tuple_(REF.c.target_type, REF.c.target_id).in_(keys))
             if inc.param is not None:
                 refs = refs.where(REF.c.param == inc.param.code)
             stmt = select(R).where(R.resource_type == inc.source_type, R.id.in_(refs), R.deleted.is_(False))
         else:
+            ids = [s.id for s in frontier if s.resource_type == inc.source_type]
+            if not ids:
+                return []
             targets = select(REF.c.target_type, REF.c.target_id).where(
                 REF.c.resource_type == inc.source_type, REF.c.resource_id.in_(ids), REF.c.target_id.is_not(None))
             if inc.param is not None:

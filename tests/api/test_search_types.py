@@ -91,3 +91,19 @@ def test_count_bounds(client, count):
     resp = client.get(f"/fhir/Patient?_count={count}")
     assert resp.status_code == 200
     assert len(resp.json.get("entry", [])) == min(int(count), 1)
+
+
+def test_revinclude_respects_the_target_type(client):
+    """Client-assigned ids repeat across types: Patient/1 and Group/1 are different targets."""
+    for rtype in ("Patient", "Group"):
+        body = {"resourceType": rtype, "id": "1"}
+        if rtype == "Group":
+            body.update({"type": "person", "actual": True})
+        assert client.put(f"/fhir/{rtype}/1", json=body, headers={"Content-Type": "application/fhir+json"}).status_code == 201
+    on_patient = make(client, {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                               "subject": {"reference": "Patient/1"}})
+    make(client, {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                  "subject": {"reference": "Group/1"}})
+    resp = client.get("/fhir/Patient?_id=1&_revinclude=Encounter:subject")
+    included = {e["resource"]["id"] for e in resp.json["entry"] if e["search"]["mode"] == "include"}
+    assert included == {on_patient}
