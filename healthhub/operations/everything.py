@@ -5,17 +5,16 @@ One SELECT for the page and one COUNT, whatever the size of the record; paged by
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, func, select, tuple_
 
-from .. import jsonio, resources
+from .. import resources
 from ..clock import aware
 from ..outcome import invalid
+from ..search import cursor
 from ..search.compartment import everything as compartment_everything
 from ..storage import models
 from ..storage.repository import ordered
@@ -99,14 +98,11 @@ def _types(raw: str | None) -> tuple[str, ...] | None:
 
 
 def _encode(row: models.Resource) -> str:
-    return base64.urlsafe_b64encode(jsonio.dumps([row.resource_type, row.id])).decode().rstrip("=")
+    return cursor.encode([row.resource_type, row.id])
 
 
 def _decode(token: str) -> tuple[str, str]:
-    try:
-        value = jsonio.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
-            return value[0], value[1]
-    except (ValueError, binascii.Error):
-        pass
-    raise invalid("_cursor is not a page token from this operation's links", ("_cursor",))
+    resource_type, resource_id = cursor.decode(token, 2)
+    if not isinstance(resource_type, str) or not isinstance(resource_id, str):
+        raise invalid("_cursor is not a page token from this operation's links", ("_cursor",))
+    return resource_type, resource_id

@@ -8,8 +8,6 @@ https://hl7.org/fhir/R4B/search.html#paging
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +17,11 @@ from sqlalchemy import ColumnElement, DateTime, Float, Text, and_, func, literal
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import SQLCoreOperations
 
-from .. import jsonio
 from ..clock import aware
 from ..outcome import invalid
 from ..storage import models
 from ..storage.repository import Stored, ordered
+from . import cursor
 from .compiler import REF, TABLES, Compiler
 from .registry import Registry
 from .request import Include, SearchRequest, SortKey
@@ -170,17 +168,14 @@ def _after(keys: list[SortColumn], values: list[Any]) -> ColumnElement[bool]:
 
 
 def _encode_cursor(values: list[Any], keys: list[SortColumn]) -> str:
-    raw = [v.isoformat() if isinstance(v, datetime) else v for v in values]
-    return base64.urlsafe_b64encode(jsonio.dumps(raw)).decode().rstrip("=")
+    return cursor.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
 
 
 def _decode_cursor(token: str, keys: list[SortColumn]) -> list[Any]:
+    raw = cursor.decode(token, len(keys))
     try:
-        raw = jsonio.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if not isinstance(raw, list) or len(raw) != len(keys):
-            raise ValueError("shape")
         return [k.decode(v) for k, v in zip(keys, raw, strict=True)]
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError):
         raise invalid("_cursor is not a page token from this search's links", ("_cursor",)) from None
 
 
