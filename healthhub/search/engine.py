@@ -45,13 +45,15 @@ class SearchResult:
 class SortColumn:
     """One ORDER BY key with a non-null sentinel, so keyset comparisons are total."""
 
-    def __init__(self, expr: SQLCoreOperations[Any], descending: bool, kind: str) -> None:
+    def __init__(self, expr: SQLCoreOperations[Any], descending: bool, kind: str, nullable: bool = True) -> None:
         self.descending = descending
         self.kind = kind  # str | num | time
         sentinel: Any = {"str": "\uffff" if not descending else "",
                          "num": 1e308 if not descending else -1e308,
                          "time": _MAX_TIME if not descending else _MIN_TIME}[kind]
-        self.expr: ColumnElement[Any] = func.coalesce(expr, literal(sentinel, type_=_SQL_TYPES[kind]))
+        # A NOT NULL column stays bare, so ORDER BY can walk its index (the primary key for _id).
+        self.expr: ColumnElement[Any] = (func.coalesce(expr, literal(sentinel, type_=_SQL_TYPES[kind]))
+                                         if nullable else expr)  # type: ignore[assignment]
 
     def decode(self, raw: Any) -> Any:
         if self.kind == "time":
@@ -76,7 +78,7 @@ class Engine:
             total = self.session.scalar(select(func.count()).select_from(R).where(*where)) or 0
         if req.summary == "count" or req.count == 0:
             return SearchResult([], [], total, None)
-        keys = [self._sort_column(rtype, k) for k in req.sort] + [SortColumn(R.id, False, "str")]
+        keys = [self._sort_column(rtype, k) for k in req.sort] + [SortColumn(R.id, False, "str", nullable=False)]
         stmt = select(R, *[k.expr for k in keys]).where(*where)
         if req.cursor:
             stmt = stmt.where(_after(keys, _decode_cursor(req.cursor, keys)))
@@ -93,9 +95,9 @@ class Engine:
     def _sort_column(self, rtype: str, key: SortKey) -> SortColumn:
         param = key.param
         if param.code == "_id":
-            return SortColumn(R.id, key.descending, "str")
+            return SortColumn(R.id, key.descending, "str", nullable=False)
         if param.code == "_lastUpdated":
-            return SortColumn(R.last_updated, key.descending, "time")
+            return SortColumn(R.last_updated, key.descending, "time", nullable=False)
         table = TABLES[param.type]
         col, kind = {
             "string": ("value", "str"), "token": ("code", "str"), "reference": ("target_id", "str"),
