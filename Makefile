@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
+# `make bench`: ingest, HTTP latency at two scales and EXPLAIN plans, on SQLite and PostgreSQL
+# (BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test); see bench/RESULTS.md.
+BENCH_ARGS ?= --db both --scales 10000,100000
 
-.PHONY: run test install lint clean
+.PHONY: run test install lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,9 @@ lint: install
 	$(BIN)/python -m pip install --quiet ruff==0.17.6 mypy==2.4.1
 	$(BIN)/ruff check healthhub tests
 	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -58,6 +58,21 @@ class BenchDatabase:
         finally:
             engine.dispose()
 
+    def size_bytes(self) -> int:
+        """On-disk size: every relation of the schema (PostgreSQL), or the file and its WAL (SQLite)."""
+        if self.kind == "sqlite":
+            path = Path(self.label)
+            return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(text(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')")).scalar_one())
+        finally:
+            engine.dispose()
+
     def server_version(self) -> str:
         engine = self.engine()
         try:
