@@ -186,7 +186,10 @@ class BundleProcessor:
             if len(ids) != 1:
                 raise precondition_failed(
                     f"Conditional reference {ref!r} matches {'no' if not ids else 'more than one'} {head}")
-            return f"{head}/{ids[0]}"
+            # References are all resolved before anything is written, so one search per distinct
+            # criteria is enough (Synthea bundles repeat a few criteria thousands of times).
+            mapping[ref] = f"{head}/{ids[0]}"
+            return mapping[ref]
         return ref
 
     # -- batch ---------------------------------------------------------------------------
