@@ -5,8 +5,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from . import jsonio
 from .context import RequestContext
 from .db import Database
@@ -50,11 +48,6 @@ def load(db: Database, force: bool = False) -> Counter[str] | None:
         else:
             state.value = DEMO_VERSION
         return counts
-
-
-def is_loaded(db: Database) -> bool:
-    with db.transaction() as session:
-        return session.scalar(select(AppState.value).where(AppState.key == DEMO_KEY)) == DEMO_VERSION
 
 
 def patients() -> list[tuple[str, str]]:

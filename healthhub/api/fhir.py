@@ -109,8 +109,7 @@ def type_level(rtype: str) -> Response:
     if request.method == "PUT":
         body = http.read_json()
         with unit_of_work() as repo:
-            result = repo.conditional_update(rtype, query, resources.validate(body, rtype),
-                                             if_match=request.headers.get("If-Match"))
+            result = repo.conditional_update(rtype, query, body, if_match=request.headers.get("If-Match"))
         return _written(result)
     if request.method != "DELETE":
         raise MethodNotAllowed(valid_methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
@@ -198,9 +197,9 @@ def vread(rtype: str, rid: str, vid: str) -> Response:
 # -- helpers ---------------------------------------------------------------------------------
 
 def _create(rtype: str) -> Response:
-    body = resources.validate(http.read_json(), rtype)
-    with unit_of_work() as repo:
-        result = repo.create(body, if_none_exist=request.headers.get("If-None-Exist") or None)
+    body = http.read_json()
+    with unit_of_work() as repo:  # the repository validates (once), against the URL's type
+        result = repo.create(body, if_none_exist=request.headers.get("If-None-Exist") or None, resource_type=rtype)
     return _written(result)
 
 

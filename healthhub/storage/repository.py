@@ -161,14 +161,14 @@ class Repository:
     # -- writes --------------------------------------------------------------------------
 
     def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None,
-               resource_id: str | None = None) -> WriteResult:
+               resource_id: str | None = None, resource_type: str | None = None) -> WriteResult:
         """Create with a server-assigned id (the body's ``id`` is ignored, as the spec says).
 
         With ``if_none_exist`` the create happens only when nothing matches; one match is
         returned as ``existing``; several matches are a 412.
         https://hl7.org/fhir/R4B/http.html#ccreate
         """
-        resources.validate(resource)
+        resources.validate(resource, resource_type)
         rtype = resource["resourceType"]
         if if_none_exist:
             self.lock_criteria(rtype, if_none_exist)
@@ -205,17 +205,18 @@ class Repository:
     def conditional_update(self, resource_type: str, query: str, resource: dict[str, Any], *,
                            if_match: str | None = None) -> WriteResult:
         """``PUT Type?criteria``: create when none match, update the one match, 412 for several."""
+        if not isinstance(resource, dict):
+            resources.validate(resource, resource_type)  # raises: the body is not a resource
         self.lock_criteria(resource_type, query)
         ids = self.match(resource_type, query, limit=2)
         if len(ids) > 1:
             raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
         if not ids:
-            resources.validate(resource, resource_type)
             body_id = resource.get("id")
             if body_id is not None:
                 resources.check_id(body_id, f"{resource_type}.id")
                 return self.update(resource_type, body_id, resource, if_match=if_match)
-            return self.create(resource)
+            return self.create(resource, resource_type=resource_type)
         if resource.get("id") not in (None, ids[0]):
             raise invalid(f"The body's id {resource.get('id')!r} differs from the matched "
                           f"resource {resource_type}/{ids[0]}", (f"{resource_type}.id",))
