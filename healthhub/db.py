@@ -45,7 +45,20 @@ def make_engine(config: Config) -> Engine:
         # read-modify-write runs inside one real transaction (SQLAlchemy docs,
         # "Serializable isolation / Savepoints / Transactional DDL" for pysqlite).
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    else:
+        event.listen(engine, "connect", _postgres_settings)
     return engine
+
+
+def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
+    # PostgreSQL caches the plan of each foreign-key check per connection and, after five runs,
+    # keeps a generic plan made with the statistics of that moment: on a connection opened while
+    # `resources` was empty it reads every resource of the type per check, for the connection's
+    # whole life (bench/RESULTS.md, finding 1). Custom plans cost a few microseconds per check.
+    # https://www.postgresql.org/docs/15/runtime-config-query.html#GUC-PLAN-CACHE-MODE
+    with dbapi_connection.cursor() as cur:
+        cur.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -6,6 +6,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FHIR_JSON = "application/fhir+json"
 
 
-@pytest.fixture(scope="session")
-def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+@contextmanager
+def new_database(tmp_dir: Path) -> Iterator[Config]:
+    """A Config for an empty database: a new SQLite file, or a new schema in the PostgreSQL
+    database of HEALTHHUB_TEST_DATABASE_URL (dropped afterwards)."""
     url = os.environ.get("HEALTHHUB_TEST_DATABASE_URL")
     if not url:
-        db_file = tmp_path_factory.mktemp("db") / "healthhub.db"
-        cfg = Config(database_url=f"sqlite:///{db_file}", base_url="http://hub.test")
-        engine = make_engine(cfg)
-        migrate.upgrade(engine)
-        engine.dispose()
-        yield cfg
+        yield Config(database_url=f"sqlite:///{tmp_dir / 'healthhub.db'}", base_url="http://hub.test")
         return
     schema = f"hh_test_{uuid.uuid4().hex[:10]}"
     admin = make_engine(Config(database_url=url))
@@ -41,16 +39,21 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     # The schema goes into the URL (libpq "options"), so the CLI under test can use it too.
     schema_url = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    cfg = Config(database_url=schema_url.render_as_string(hide_password=False), base_url="http://hub.test")
-    engine = make_engine(cfg)
-    migrate.upgrade(engine)
-    engine.dispose()
     try:
-        yield cfg
+        yield Config(database_url=schema_url.render_as_string(hide_password=False), base_url="http://hub.test")
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    with new_database(tmp_path_factory.mktemp("db")) as cfg:
+        engine = make_engine(cfg)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield cfg
 
 
 def _clean(app: Any) -> None:

@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, false, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, Select, Table, and_, false, func, intersect, literal, not_, or_, select, true
 from sqlalchemy.sql.elements import SQLCoreOperations
 
 from ..outcome import not_supported
 from ..storage import models
 from . import ucum
+from .cardinality import single_valued
 from .registry import SearchParam
 from .request import (
     Chain,
@@ -31,7 +32,7 @@ from .request import (
     TokenValue,
     Value,
 )
-from .values import normalize, number_range
+from .values import MAX_INSTANT, MIN_INSTANT, SPAN_WIDTHS, normalize, number_range
 
 #: A column or mapped attribute: anything that compares into SQL.
 Col = SQLCoreOperations
@@ -66,8 +67,84 @@ class Compiler:
         out: list[ColumnElement[bool]] = [R.id.in_(alternatives) for alternatives in ids]
         for alternatives in last_updated:
             out.append(or_(*(date_condition(R.last_updated, R.last_updated, v, self.now) for v in alternatives)))
-        out.extend(self.clause(resource_type, c) for c in clauses)
+        windows, rest = self._windows(resource_type, clauses)
+        out.extend(R.id.in_(rows) for rows in windows)
+        out.extend(self.clause(resource_type, c) for c in rest)
         return out
+
+    def count(self, resource_type: str, clauses: Sequence[Clause]) -> Select[Any] | None:
+        """SELECT count(*) of the matches read from the index tables alone, or None when a
+        clause needs ``resources`` (``:not``, ``:missing``, ``_id``, ``_has``…).
+
+        Index rows exist only for the current version of live resources (the repository clears
+        them on update and delete), so the INTERSECT of the clauses' id sets is the match set:
+        no lookup of each match in ``resources``, which made a broad count O(matches) in
+        primary-key probes (bench/RESULTS.md, finding 7)."""
+        windows, rest = self._windows(resource_type, clauses)
+        sets: list[Select[Any]] = list(windows)
+        for clause in rest:
+            rows = self._id_rows(resource_type, clause)
+            if rows is None:
+                return None
+            sets.append(rows)
+        if not sets:
+            return None
+        ids = sets[0].distinct() if len(sets) == 1 else intersect(*sets)
+        return select(func.count()).select_from(ids.subquery())
+
+    def _id_rows(self, resource_type: str, clause: Clause) -> Select[Any] | None:
+        """The ids matching a positive clause, straight from an index table."""
+        if clause.chain:
+            return self._chained(resource_type, clause) if isinstance(clause.chain[0], Chain) else None
+        table = TABLES.get(clause.param.type)
+        if table is None or clause.modifier in ("not", "missing") or clause.param.code in ("_id", "_lastUpdated"):
+            return None
+        return self._rows(table, resource_type, clause.param, clause.modifier, clause.values)
+
+    def _windows(self, resource_type: str, clauses: Sequence[Clause]) -> tuple[list[Select[Any]], list[Clause]]:
+        """Repeated date parameters that can only hold one value per resource, as one lookup each.
+
+        ``date=ge2000-07-01&date=lt2000-08-01`` on ``Encounter.period`` must hold for the same
+        (only) index row, so both bounds go into one sub-select over ``search_date`` with a
+        lower bound on ``low`` per width class (``values.SPAN_WIDTHS``) — a range scan near the
+        window instead of two open-ended ones. Several-valued parameters keep one sub-select
+        per repetition, as the AND semantics of the spec require."""
+        groups: dict[str, list[Clause]] = {}
+        for c in clauses:
+            if (not c.chain and c.modifier is None and c.param.type == "date" and c.param.code != "_lastUpdated"
+                    and single_valued(resource_type, c.param)):
+                groups.setdefault(c.param.code, []).append(c)
+        merged = {code for code, group in groups.items() if len(group) > 1}
+        windows = []
+        for code in merged:
+            group = groups[code]
+            table = models.SearchDate
+            conds = [or_(*(date_condition(table.c.low, table.c.high, v, self.now)
+                           for v in c.values if isinstance(v, DateValue))) for c in group]
+            windows.append(select(table.c.resource_id).where(
+                table.c.resource_type == resource_type, table.c.param == code, *conds,
+                *self._span_bounds(table, group)))
+        return windows, [c for c in clauses if c.param.code not in merged or c.chain or c.modifier is not None]
+
+    def _span_bounds(self, table: Table, group: Sequence[Clause]) -> list[ColumnElement[bool]]:
+        """A redundant condition that bounds ``low`` from both sides per width class, when the
+        clauses give both a floor for ``high`` and a ceiling for ``low``."""
+        floors, ceilings = [], []
+        for c in group:
+            dates = [v for v in c.values if isinstance(v, DateValue)]
+            lows = [_high_floor(v, self.now) for v in dates]
+            highs = [_low_ceiling(v, self.now) for v in dates]
+            if dates and all(x is not None for x in lows):
+                floors.append(min(x for x in lows if x is not None))
+            if dates and all(x is not None for x in highs):
+                ceilings.append(max(x for x in highs if x is not None))
+        if not floors or not ceilings:
+            return []
+        floor, ceiling = max(floors), min(ceilings)
+        low, span = table.c.low, table.c.span
+        per_class = [and_(span == k, low >= _minus(floor, width), low <= ceiling)
+                     for k, width in enumerate(SPAN_WIDTHS)]
+        return [or_(*per_class, and_(span == len(SPAN_WIDTHS), low <= ceiling))]
 
     # -- one clause ------------------------------------------------------------------------
 
@@ -108,13 +185,19 @@ class Compiler:
             raise not_supported(f"Search parameter {param.code!r} of type {param.type} is not supported")
         mine = and_(table.c.resource_type == resource_type, table.c.param == param.code)
         if modifier == "missing":
-            has = select(table.c.pk).where(mine, table.c.resource_id == id_col).exists()
+            has = select(table.c.resource_id).where(mine, table.c.resource_id == id_col).exists()
             return or_(*((~has if v else has) for v in values if isinstance(v, bool))) if values else true()
-        matches = or_(*(self.value(table, param, modifier, v) for v in values))
-        rows = select(table.c.resource_id).where(mine, matches)
+        rows = self._rows(table, resource_type, param, modifier, values)
         if modifier == "not":  # https://hl7.org/fhir/R4B/search.html#token : none of the values match
             return id_col.not_in(rows)
         return id_col.in_(rows)
+
+    def _rows(self, table: Table, resource_type: str, param: SearchParam, modifier: str | None,
+              values: Sequence[Value]) -> Select[Any]:
+        """Ids of the ``resource_type`` resources with an index row matching one of ``values``."""
+        matches = or_(*(self.value(table, param, modifier, v) for v in values))
+        return select(table.c.resource_id).where(table.c.resource_type == resource_type,
+                                                 table.c.param == param.code, matches)
 
     def _on_resources(self, resource_type: str, id_col: Col[Any], cond: ColumnElement[bool],
                       modifier: str | None) -> ColumnElement[bool]:
@@ -264,7 +347,43 @@ def date_condition(low: Col[Any], high: Col[Any], v: DateValue, now: datetime) -
         return high < v.low
     # ap: overlap, widened by 10% of the distance from now (at least a day), as the spec suggests.
     margin = max(abs(now - v.low) / 10, timedelta(days=1))
-    return and_(low <= v.high + margin, high >= v.low - margin)
+    return and_(low <= _plus(v.high, margin), high >= _minus(v.low, margin))
+
+
+def _high_floor(v: DateValue, now: datetime) -> datetime | None:
+    """A lower bound on a matching row's ``high`` implied by ``v`` (None: no bound)."""
+    if v.prefix in ("eq", "ge"):
+        return v.low
+    if v.prefix in ("gt", "sa"):
+        return v.high
+    if v.prefix == "ap":
+        return _minus(v.low, max(abs(now - v.low) / 10, timedelta(days=1)))
+    return None
+
+
+def _low_ceiling(v: DateValue, now: datetime) -> datetime | None:
+    """An upper bound on a matching row's ``low`` implied by ``v`` (None: no bound)."""
+    if v.prefix in ("eq", "le"):
+        return v.high
+    if v.prefix in ("lt", "eb"):
+        return v.low
+    if v.prefix == "ap":
+        return _plus(v.high, max(abs(now - v.low) / 10, timedelta(days=1)))
+    return None
+
+
+def _minus(t: datetime, delta: timedelta) -> datetime:
+    try:
+        return t - delta
+    except OverflowError:
+        return MIN_INSTANT
+
+
+def _plus(t: datetime, delta: timedelta) -> datetime:
+    try:
+        return t + delta
+    except OverflowError:
+        return MAX_INSTANT
 
 
 def number_condition(col: Col[Any], prefix: str, value: Decimal) -> ColumnElement[bool]:

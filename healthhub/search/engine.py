@@ -75,7 +75,11 @@ class Engine:
                  *self.compiler.conditions(rtype, req.clauses, req.ids, req.last_updated)]
         total = None
         if req.total != "none" or req.summary == "count":
-            total = self.session.scalar(select(func.count()).select_from(R).where(*where)) or 0
+            counted = (self.compiler.count(rtype, req.clauses)
+                       if not extra and not req.ids and not req.last_updated else None)
+            if counted is None:
+                counted = select(func.count()).select_from(R).where(*where)
+            total = self.session.scalar(counted) or 0
         if req.summary == "count" or req.count == 0:
             return SearchResult([], [], total, None)
         keys = [self._sort_column(rtype, k) for k in req.sort] + [SortColumn(R.id, False, "str", nullable=False)]

@@ -9,7 +9,7 @@ evaluated and each value found becomes a row of the parameter's type
 - token: Coding, CodeableConcept (each coding, plus its text), Identifier (with its type for
   ``:of-type``), ContactPoint (value only: its system is not a URI), code/string/id/uri, boolean;
 - reference: Reference (literal reference and/or identifier), canonical/uri;
-- date: date, dateTime, instant, Period, Timing events — each a ``[low, high]`` range;
+- date: date, dateTime, instant, Period, Timing (its outer limits) — each one ``[low, high]`` range;
 - number, quantity (Quantity and its profiles, Money), uri, and composite parameters.
 
 Speed: most definitions are plain paths (``Observation.code``, ``(Observation.value as
@@ -625,12 +625,22 @@ def _date_rows(param: str, v: Any, tp: str | None, allowed: tuple[str, ...], out
                 return
             high = r[1]
         out.append(DateRow(param, low, high))
-    elif kind == "Timing" or (kind is None and "event" in v):
+    elif kind == "Timing" or (kind is None and ("event" in v or "repeat" in v)):
+        # "Timing: the specified scheduling details are ignored and only the outer limits
+        # matter" (https://hl7.org/fhir/R4B/search.html#date): one range from the earliest to
+        # the latest event or bound, so a Timing is one value like a Period.
         events = v.get("event")
-        for e in events if type(events) is list else ():
-            r = _range(e) if type(e) is str else None
-            if r is not None:
-                out.append(DateRow(param, r[0], r[1]))
+        ranges = [r for e in (events if type(events) is list else ()) if type(e) is str
+                  for r in (_range(e),) if r is not None]
+        repeat = v.get("repeat")
+        bounds = repeat.get("boundsPeriod") if type(repeat) is dict else None
+        if type(bounds) is dict and (bounds.get("start") is not None or bounds.get("end") is not None):
+            start, end = bounds.get("start"), bounds.get("end")
+            lo = _range(start) if type(start) is str else None
+            hi = _range(end) if type(end) is str else None
+            ranges.append((lo[0] if lo else values.MIN_INSTANT, hi[1] if hi else values.MAX_INSTANT))
+        if ranges:
+            out.append(DateRow(param, min(r[0] for r in ranges), max(r[1] for r in ranges)))
 
 
 def _decimal(v: Any) -> Decimal | None:

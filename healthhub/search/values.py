@@ -92,3 +92,19 @@ def number_range(value: Decimal) -> tuple[Decimal, Decimal]:
     assert isinstance(exponent, int)
     half = Decimal(5).scaleb(exponent - 1)
     return value - half, value + half
+
+
+#: Upper bounds of the width classes of a stored date range (``search_date.span``): a day, a
+#: month, a year, ten years; wider or open ranges are class ``len(SPAN_WIDTHS)``. A range of
+#: class k with ``high >= t`` has ``low >= t - SPAN_WIDTHS[k]``, which gives a date window a
+#: lower bound on ``low`` — a btree range scan per class instead of every row before the window.
+SPAN_WIDTHS = (timedelta(days=1), timedelta(days=31), timedelta(days=366), timedelta(days=3660))
+
+
+def span_class(low: datetime, high: datetime) -> int:
+    """The width class of ``[low, high]`` (see SPAN_WIDTHS)."""
+    width = high - low
+    for k, limit in enumerate(SPAN_WIDTHS):
+        if width <= limit:
+            return k
+    return len(SPAN_WIDTHS)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -93,16 +94,17 @@ def _search_table(name: str, columns: dict[str, Any], indexes: list[tuple[str, .
 
     Every table starts ``(resource_type, resource_id, param)`` and its lookup indexes lead with
     ``(resource_type, param, <value>)`` so a search starts from the index, not from a scan.
+    The rows are derived data, written and cleared only with their resource's version (see
+    ``search/store.py``), so they carry neither a key nor a foreign key: a per-row FK check cost
+    more than the rest of the write on PostgreSQL (bench/RESULTS.md, finding 1), and
+    ``(resource_type, resource_id, param)`` is how rows are found and cleared.
     """
     cols: list[Any] = [
-        Column("pk", BigIntKey, primary_key=True, autoincrement=True),
         Column("resource_type", String(64), nullable=False),
         Column("resource_id", String(64), nullable=False),
         Column("param", String(100), nullable=False),
         *[Column(col, typ, nullable=True) for col, typ in columns.items()],
-        ForeignKeyConstraint(["resource_type", "resource_id"], ["resources.resource_type", "resources.id"],
-                             name=f"fk_{name}_resource", ondelete="CASCADE"),
-        Index(f"ix_{name}_resource", "resource_type", "resource_id"),
+        Index(f"ix_{name}_resource", "resource_type", "resource_id", "param"),
     ]
     for i, idx in enumerate(indexes):
         cols.append(Index(f"ix_{name}_{i}", "resource_type", "param", *idx))
@@ -113,19 +115,24 @@ def _search_table(name: str, columns: dict[str, Any], indexes: list[tuple[str, .
 Number = Float(precision=53)
 Instant = DateTime(timezone=True)
 
-SearchString = _search_table("search_string", {"value": Text, "exact": Text}, [])
+SearchString = _search_table("search_string", {"value": Text, "exact": Text}, [("exact",)])
 # text_pattern_ops: PostgreSQL uses a btree for LIKE 'prefix%' only with it (or the C collation).
 Index("ix_search_string_value", SearchString.c.resource_type, SearchString.c.param, SearchString.c.value,
       postgresql_ops={"value": "text_pattern_ops"})
+# The trailing resource_id lets an equality lookup return ids in order, so a page sorted by id
+# stops after _count rows instead of visiting every match (bench finding 7).
 SearchToken = _search_table(
     "search_token",
     {"system": Text, "code": Text, "text": Text, "type_system": Text, "type_code": Text},
-    [("code", "system")])
+    [("code", "system", "resource_id")])
 SearchReference = _search_table(
     "search_reference",
     {"target_type": String(64), "target_id": String(64), "url": Text, "ident_system": Text, "ident_value": Text},
-    [("target_id", "target_type"), ("url",), ("ident_value",)])
-SearchDate = _search_table("search_date", {"low": Instant, "high": Instant}, [("low", "high"), ("high",)])
+    [("target_id", "target_type", "resource_id"), ("url",), ("ident_value",)])
+#: ``span`` classes the width of [low, high] (see ``search/dates.py``): a window search bounds
+#: ``low`` per class, so it reads the rows near the window, not every row before it.
+SearchDate = _search_table("search_date", {"low": Instant, "high": Instant, "span": SmallInteger},
+                           [("low", "high"), ("high",), ("span", "low")])
 SearchNumber = _search_table("search_number", {"value": Number}, [("value",)])
 SearchQuantity = _search_table(
     "search_quantity",

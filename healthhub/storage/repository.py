@@ -350,7 +350,7 @@ class Repository:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
         for table, rows in pending.index.items():
-            self.session.execute(insert(table), rows)
+            store.insert_rows(self.session, table, rows)
 
 
 class _Pending:
