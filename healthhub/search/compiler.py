@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, false, func, intersect, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, Select, Table, and_, false, func, intersect, literal, not_, or_, select, true, union_all
 from sqlalchemy.sql.elements import SQLCoreOperations
 
 from ..outcome import not_supported
@@ -121,14 +121,26 @@ class Compiler:
             table = models.SearchDate
             conds = [or_(*(date_condition(table.c.low, table.c.high, v, self.now)
                            for v in c.values if isinstance(v, DateValue))) for c in group]
-            windows.append(select(table.c.resource_id).where(
-                table.c.resource_type == resource_type, table.c.param == code, *conds,
-                *self._span_bounds(table, group)))
+            windows.append(self._window(table, resource_type, code, conds, group))
         return windows, [c for c in clauses if c.param.code not in merged or c.chain or c.modifier is not None]
 
+    def _window(self, table: Table, resource_type: str, code: str, conds: list[ColumnElement[bool]],
+                group: Sequence[Clause]) -> Select[Any]:
+        """Ids whose one row meets every condition. When the conditions give both a floor for
+        ``high`` and a ceiling for ``low``, one sub-select per width class adds the (redundant)
+        bounds on ``low`` that make it a range scan of the (type, param, span, low) index; a
+        UNION ALL of them, because neither planner reliably turns an OR of ranges into index
+        scans (the resource is in one class only, so nothing repeats)."""
+        mine = [table.c.resource_type == resource_type, table.c.param == code, *conds]
+        per_class = self._span_bounds(table, group)
+        if not per_class:
+            return select(table.c.resource_id).where(*mine)
+        union = union_all(*(select(table.c.resource_id).where(*mine, bound) for bound in per_class)).subquery()
+        return select(union.c.resource_id)
+
     def _span_bounds(self, table: Table, group: Sequence[Clause]) -> list[ColumnElement[bool]]:
-        """A redundant condition that bounds ``low`` from both sides per width class, when the
-        clauses give both a floor for ``high`` and a ceiling for ``low``."""
+        """Per width class, bounds on ``low`` from both sides, when the clauses give both a
+        floor for ``high`` and a ceiling for ``low`` (else nothing)."""
         floors, ceilings = [], []
         for c in group:
             dates = [v for v in c.values if isinstance(v, DateValue)]
@@ -144,7 +156,7 @@ class Compiler:
         low, span = table.c.low, table.c.span
         per_class = [and_(span == k, low >= _minus(floor, width), low <= ceiling)
                      for k, width in enumerate(SPAN_WIDTHS)]
-        return [or_(*per_class, and_(span == len(SPAN_WIDTHS), low <= ceiling))]
+        return [*per_class, and_(span == len(SPAN_WIDTHS), low <= ceiling)]
 
     # -- one clause ------------------------------------------------------------------------
 

@@ -111,7 +111,11 @@ class Engine:
         if not col:
             raise invalid(f"_sort on {param.code} ({param.type}) is not supported", ("_sort",))
         agg = func.max if key.descending else func.min
-        expr = (select(agg(table.c[col])).where(table.c.resource_type == rtype, table.c.resource_id == R.id,
+        # coalesce(c, c): SQLite's min/max optimisation would otherwise read max(c) from the
+        # (type, param, c) index, walking every row of the parameter until it meets this
+        # resource's; as an expression it uses the (type, resource_id, param) index (finding 8).
+        value = func.coalesce(table.c[col], table.c[col])
+        expr = (select(agg(value)).where(table.c.resource_type == rtype, table.c.resource_id == R.id,
                                                 table.c.param == param.code).scalar_subquery())
         return SortColumn(expr, key.descending, kind)
 

@@ -12,11 +12,11 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, tuple_
+from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..storage import models
+from ..storage import bulk, models
 from . import indexer as ix
 from .registry import default_registry
 from .values import span_class
@@ -36,30 +36,7 @@ def write_index(session: Session, resource_type: str, resource_id: str, content:
     if content is None:
         return
     for table, rows in index_rows(resource_type, resource_id, content).items():
-        insert_rows(session, table, rows)
-
-
-def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Append index rows: ``COPY`` on PostgreSQL, one prepared executemany on SQLite.
-
-    SQLAlchemy's executemany reaches psycopg as one INSERT per row (pipelined); COPY sends the
-    rows as one stream, about ten times fewer round trips and parses (bench/RESULTS.md, finding 3).
-    It runs on the session's own connection, so it is part of the same transaction.
-    https://www.psycopg.org/psycopg3/docs/basic/copy.html
-    """
-    if not rows:
-        return
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        session.execute(insert(table), rows)
-        return
-    names = list(rows[0])
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    columns = ", ".join(f'"{n}"' for n in names)
-    with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([row[n] for n in names])
+        bulk.append(session, table, rows)
 
 
 def index_rows(resource_type: str, resource_id: str, content: dict[str, Any]) -> dict[Table, list[dict[str, Any]]]:
@@ -192,7 +169,7 @@ def reindex(db: Database, resource_type: str | None = None, batch_size: int = 50
                 for table, values in table_rows(rtype, rid, default_indexer().extract(content)).items():
                     inserts[table].extend(values)
             for table, values in inserts.items():
-                insert_rows(session, table, values)
+                bulk.append(session, table, values)
         done += len(rows)
         progress(len(rows))
         after = (rows[-1][0], rows[-1][1])

@@ -35,6 +35,7 @@ from ..outcome import (
     precondition_failed,
 )
 from ..search import store
+from . import bulk
 from .models import Resource, ResourceVersion
 
 
@@ -344,13 +345,13 @@ class Repository:
         if pending is None or not pending.resources:
             return
         try:
-            self.session.execute(insert(Resource), pending.resources)
-            self.session.execute(insert(ResourceVersion), pending.versions)
+            bulk.append(self.session, Resource.__table__, pending.resources)  # type: ignore[arg-type]
+            bulk.append(self.session, ResourceVersion.__table__, pending.versions)  # type: ignore[arg-type]
         except IntegrityError:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
         for table, rows in pending.index.items():
-            store.insert_rows(self.session, table, rows)
+            bulk.append(self.session, table, rows)
 
 
 class _Pending:

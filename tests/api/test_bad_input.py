@@ -91,8 +91,10 @@ def test_invalid_resource_names_the_element(client, db_counts):
         "valueQuantity": {"value": "lots"}}), 400)
     assert obs["issue"][0]["expression"][0].startswith("Observation.valueQuantity")
     codes = assert_outcome(post_json(client, "/fhir/Patient", {
-        "resourceType": "Patient", "gender": "robot", "address": [{"use": "holiday"}]}), 400)
-    assert {i["expression"][0] for i in codes["issue"]} == {"Patient.gender", "Patient.address[0].use"}
+        "resourceType": "Patient", "gender": "robot", "address": [{"use": "holiday"}],
+        "contact": [{"gender": "male"}, {"gender": "x", "address": {"use": "y"}}]}), 400)
+    assert {i["expression"][0] for i in codes["issue"]} == {
+        "Patient.gender", "Patient.address[0].use", "Patient.contact[1].gender", "Patient.contact[1].address.use"}
     assert all(i["code"] == "code-invalid" for i in codes["issue"])
     missing = assert_outcome(post_json(client, "/fhir/Observation", {"resourceType": "Observation",
                                                                       "status": "final"}), 400)
