@@ -128,7 +128,7 @@ SearchToken = _search_table(
 SearchReference = _search_table(
     "search_reference",
     {"target_type": String(64), "target_id": String(64), "url": Text, "ident_system": Text, "ident_value": Text},
-    [("target_id", "target_type", "resource_id"), ("url",), ("ident_value",)])
+    [("target_id", "target_type", "resource_id")])
 #: ``span`` classes the width of [low, high] (see ``search/dates.py``): a window search bounds
 #: ``low`` per class, so it reads the rows near the window, not every row before it.
 SearchDate = _search_table("search_date", {"low": Instant, "high": Instant, "span": SmallInteger},
@@ -137,7 +137,7 @@ SearchNumber = _search_table("search_number", {"value": Number}, [("value",)])
 SearchQuantity = _search_table(
     "search_quantity",
     {"value": Number, "system": Text, "code": Text, "canonical_value": Number, "canonical_code": Text},
-    [("code", "value"), ("canonical_code", "canonical_value")])
+    [("code", "value")])
 SearchUri = _search_table("search_uri", {"uri": Text}, [("uri",)])
 #: A composite value: up to three components, each as (system, code, num, low, high) — a token
 #: or reference uses system/code, a string code, a number num, a quantity num+system/code, a
@@ -149,6 +149,21 @@ SearchComposite = _search_table(
     [("c0_code",)])
 SEARCH_TABLES = (SearchString, SearchToken, SearchReference, SearchDate, SearchNumber, SearchQuantity,
                  SearchUri, SearchComposite)
+
+
+def _partial(name: str, table: Table, *columns: str) -> None:
+    """An index over rows whose first value column is set: most references have no absolute
+    url and no identifier, most quantities no UCUM form, so indexing their NULLs would only
+    slow down writes. ``col = value`` implies ``col IS NOT NULL`` on both databases, so
+    lookups still use it."""
+    where = table.c[columns[0]].is_not(None)
+    Index(name, table.c.resource_type, table.c.param, *(table.c[c] for c in columns),
+          postgresql_where=where, sqlite_where=where)
+
+
+_partial("ix_search_reference_1", SearchReference, "url")
+_partial("ix_search_reference_2", SearchReference, "ident_value")
+_partial("ix_search_quantity_1", SearchQuantity, "canonical_code", "canonical_value")
 # Reverse lookups (_revinclude, _has, chains ending at a target) start from the target.
 Index("ix_search_reference_target", SearchReference.c.target_type, SearchReference.c.target_id,
       SearchReference.c.param)

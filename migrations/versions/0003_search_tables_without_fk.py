@@ -12,7 +12,9 @@ rebuilds them instead of altering them (SQLite cannot drop a constraint in place
 - `search_date.span` (width class of [low, high]) with an index on (type, param, span, low),
   so a date window is read from the rows near it (finding 6);
 - token and reference lookups end with `resource_id` (finding 7); `search_string.exact` is
-  indexed; the per-resource index is (type, resource_id, param) (finding 8).
+  indexed; the per-resource index is (type, resource_id, param) (finding 8);
+- the indexes on reference url / identifier and on UCUM-converted quantities are partial
+  (`… IS NOT NULL`): most rows have none, and indexing NULLs only slowed writes.
 
 The index rows are re-extracted by `healthhub db upgrade` (the reindex flag set below).
 """
@@ -55,8 +57,8 @@ _V3 = dict(_V2)
 _V3.update({
     "search_string": ({"value": sa.Text, "exact": sa.Text}, [("exact",)]),
     "search_token": (_V2["search_token"][0], [("code", "system", "resource_id")]),
-    "search_reference": (_V2["search_reference"][0],
-                         [("target_id", "target_type", "resource_id"), ("url",), ("ident_value",)]),
+    "search_reference": (_V2["search_reference"][0], [("target_id", "target_type", "resource_id")]),
+    "search_quantity": (_V2["search_quantity"][0], [("code", "value")]),
     "search_date": ({"low": _Time, "high": _Time, "span": sa.SmallInteger},
                     [("low", "high"), ("high",), ("span", "low")]),
 })
@@ -81,6 +83,12 @@ def _create(v3: bool) -> None:
                         ['resource_type', 'resource_id', 'param'] if v3 else ['resource_type', 'resource_id'])
         for i, idx in enumerate(indexes):
             op.create_index(f'ix_{name}_{i}', name, ['resource_type', 'param', *idx])
+    if v3:  # partial: most rows have no url / identifier / UCUM form
+        for name, table, cols in (("ix_search_reference_1", "search_reference", ["url"]),
+                                  ("ix_search_reference_2", "search_reference", ["ident_value"]),
+                                  ("ix_search_quantity_1", "search_quantity", ["canonical_code", "canonical_value"])):
+            where = sa.text(f"{cols[0]} IS NOT NULL")
+            op.create_index(name, table, ['resource_type', 'param', *cols], postgresql_where=where, sqlite_where=where)
     op.create_index('ix_search_string_value', 'search_string', ['resource_type', 'param', 'value'],
                     postgresql_ops={'value': 'text_pattern_ops'})
     op.create_index('ix_search_reference_target', 'search_reference', ['target_type', 'target_id', 'param'])
