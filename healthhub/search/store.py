@@ -35,8 +35,7 @@ def write_index(session: Session, resource_type: str, resource_id: str, content:
         clear_index(session, resource_type, [resource_id])
     if content is None:
         return
-    for table, rows in index_rows(resource_type, resource_id, content).items():
-        bulk.append(session, table, rows)
+    bulk.append(session, index_rows(resource_type, resource_id, content))
 
 
 def index_rows(resource_type: str, resource_id: str, content: dict[str, Any]) -> dict[Table, list[dict[str, Any]]]:
@@ -168,8 +167,7 @@ def reindex(db: Database, resource_type: str | None = None, batch_size: int = 50
             for rtype, rid, content in rows:
                 for table, values in table_rows(rtype, rid, default_indexer().extract(content)).items():
                     inserts[table].extend(values)
-            for table, values in inserts.items():
-                bulk.append(session, table, values)
+            bulk.append(session, inserts)
         done += len(rows)
         progress(len(rows))
         after = (rows[-1][0], rows[-1][1])

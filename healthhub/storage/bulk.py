@@ -1,13 +1,18 @@
-"""Append many rows to one table in the session's transaction, as fast as the database allows.
+"""Append many rows to several tables in the session's transaction, in as few round trips as
+the database allows.
 
-SQLAlchemy's executemany reaches psycopg as one INSERT per row (pipelined), each parsed and
-planned by PostgreSQL; ``COPY … FROM STDIN`` streams the rows as one statement — the write path
-of a transaction Bundle went from ~17 INSERTs per resource to a handful of COPYs per Bundle
-(bench/RESULTS.md, finding 3). SQLite gets one prepared statement run per row, which is what
-its executemany already is. https://www.psycopg.org/psycopg3/docs/basic/copy.html
+SQLAlchemy's executemany reaches psycopg as one INSERT per row, each parsed and planned by
+PostgreSQL, and one round trip per table. On PostgreSQL large row sets go in by
+``COPY … FROM STDIN`` (a transaction Bundle: a handful of COPYs instead of ~17 INSERTs per
+resource, bench/RESULTS.md finding 3) and small ones — the index rows of one resource — as
+INSERTs sent together in one pipeline, so all tables cost one round trip. SQLite runs in
+process: one prepared executemany per table is already the fast path.
+https://www.psycopg.org/psycopg3/docs/basic/copy.html,
+https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import JSON, Table, insert
@@ -16,28 +21,53 @@ from sqlalchemy.orm import Session
 
 from .. import jsonio
 
+#: From this many rows a table's rows go by COPY; below, a COPY costs more than it saves (two
+#: round trips and a bulk-insert set-up each). Measured: a batch Bundle of single-resource
+#: writes ran at ~150 resources/s with a COPY per table per resource.
+COPY_MIN_ROWS = 64
 
-def append(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts with the same keys) into ``table``; IntegrityError on a duplicate
-    key, as an INSERT would raise it."""
-    if not rows:
+
+def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]) -> None:
+    """INSERT each table's rows (dicts with the same keys per table); IntegrityError on a
+    duplicate key, as an INSERT would raise it."""
+    todo = {table: rows for table, rows in rows_by_table.items() if rows}
+    if not todo:
         return
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        session.execute(insert(table), rows)
+        for table, rows in todo.items():
+            session.execute(insert(table), rows)
         return
     import psycopg
-    from psycopg.types.json import Jsonb
 
-    names = list(rows[0])
-    as_json = {n for n in names if isinstance(table.c[n].type, JSON)}
     raw = connection.connection.driver_connection
     assert raw is not None
-    columns = ", ".join(f'"{n}"' for n in names)
     try:
-        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row([Jsonb(row[n], dumps=jsonio.dumps_str) if n in as_json and row[n] is not None
-                                else row[n] for n in names])
+        with raw.cursor() as cur:
+            small = {t: rows for t, rows in todo.items() if len(rows) < COPY_MIN_ROWS}
+            if small:
+                with raw.pipeline():
+                    for table, rows in small.items():
+                        names = list(rows[0])
+                        placeholders = ", ".join(["%s"] * len(names))
+                        cur.executemany(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ({placeholders})',
+                                        [_values(table, names, row) for row in rows])
+            for table, rows in todo.items():
+                if table not in small:
+                    names = list(rows[0])
+                    with cur.copy(f'COPY "{table.name}" ({_columns(names)}) FROM STDIN') as copy:
+                        for row in rows:
+                            copy.write_row(_values(table, names, row))
     except psycopg.errors.IntegrityError as exc:
-        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+        raise IntegrityError(f"bulk insert into {', '.join(t.name for t in todo)}", None, exc) from exc
+
+
+def _columns(names: list[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def _values(table: Table, names: list[str], row: dict[str, Any]) -> list[Any]:
+    from psycopg.types.json import Jsonb
+
+    return [Jsonb(row[n], dumps=jsonio.dumps_str) if row[n] is not None and isinstance(table.c[n].type, JSON)
+            else row[n] for n in names]

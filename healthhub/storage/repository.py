@@ -344,14 +344,13 @@ class Repository:
         pending = self._pending
         if pending is None or not pending.resources:
             return
+        tables: dict[Any, list[dict[str, Any]]] = {Resource.__table__: pending.resources,
+                                                    ResourceVersion.__table__: pending.versions, **pending.index}
         try:
-            bulk.append(self.session, Resource.__table__, pending.resources)  # type: ignore[arg-type]
-            bulk.append(self.session, ResourceVersion.__table__, pending.versions)  # type: ignore[arg-type]
+            bulk.append(self.session, tables)
         except IntegrityError:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
-        for table, rows in pending.index.items():
-            bulk.append(self.session, table, rows)
 
 
 class _Pending:
