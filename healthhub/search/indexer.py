@@ -193,6 +193,8 @@ def _children(data: Any, tp: str | None, key: str, out: list[Node]) -> None:
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _AS_CALL = re.compile(r"\.as\(\s*(" + _IDENT + r")\s*\)")
 _AS_OP = re.compile(r"\s+as\s+(" + _IDENT + r")\s*$")
+#: ``extension('url')`` is ``extension.where(url='url')`` (FHIRPath's FHIR-specific function).
+_EXTENSION_CALL = re.compile(r"\.extension\(\s*('[^'\\]*')\s*\)")
 _OFTYPE_ARG = re.compile(r"\.ofType\(\s*(" + _IDENT + r")\s*\)")
 _STEP = re.compile(
     r"\.ofType\(\s*(?P<type>" + _IDENT + r")\s*\)"
@@ -247,6 +249,7 @@ def rewrite(part: str) -> str:
     if m and _depth_at(part, m.start()) == 0:
         part = f"({part[:m.start()].strip()}).ofType({m.group(1)})"
     part = _AS_CALL.sub(lambda mm: f".ofType({mm.group(1)})", part)
+    part = _EXTENSION_CALL.sub(lambda mm: f".extension.where(url={mm.group(1)})", part)
     return _OFTYPE_ARG.sub(lambda mm: f".ofType({_type_name(mm.group(1))})", part)
 
 
@@ -722,6 +725,18 @@ class _Plan:
     components: tuple[_Component, ...] = ()
 
 
+def _extension_value(ext: Any) -> tuple[Any, str | None]:
+    """An Extension found by an expression stands for its ``value[x]`` (the core extension
+    search parameters, e.g. ``Patient.extension('…patient-mothersMaidenName')``, end at the
+    Extension; HAPI FHIR indexes its value the same way)."""
+    if type(ext) is dict:
+        for key, value in ext.items():
+            if key.startswith("value") and len(key) > 5:
+                kind = key[5:]
+                return value, _type_name(kind) if kind[:1].isupper() else kind
+    return None, None
+
+
 class Indexer:
     """Turns resources into index rows, one list per resource (see the module docstring)."""
 
@@ -743,6 +758,8 @@ class Indexer:
                 if plan.convert is not None:
                     for expr in plan.exprs:
                         for v, tp in expr.evaluate(root, resource):
+                            if tp == "Extension" or (tp is None and type(v) is dict and "url" in v):
+                                v, tp = _extension_value(v)
                             plan.convert(plan.code, v, tp, plan.allowed, rows)
                 else:
                     self._composite(plan, root, resource, rows)

@@ -119,9 +119,11 @@ def test_synthea_patient():
                                 TokenRow("language", "", None, "english")}
     assert rows["deceased"] == {TokenRow("deceased", "", "false", None)}  # via fhirpathpy: exists() and …
     assert rows["_tag"] == {TokenRow("_tag", "https://smarthealthit.org/tags", "synthea-5-2019", None)}
+    # R4B core extension parameter: the Extension stands for its value (as HAPI FHIR indexes it).
+    assert rows["mothersMaidenName"] == {StringRow("mothersMaidenName", "aiko jacobs", "Aiko Jacobs")}
     assert set(rows) == {"name", "family", "given", "phonetic", "address", "address-city", "address-state",
                          "address-postalcode", "address-country", "identifier", "birthdate", "gender", "phone",
-                         "telecom", "language", "deceased", "_tag"}
+                         "telecom", "language", "deceased", "_tag", "mothersMaidenName"}
     assert "_id" not in rows and "_lastUpdated" not in rows
 
 
@@ -489,6 +491,7 @@ def test_rewrite():
     assert ix.rewrite("value.as(DateTime)") == "value.ofType(dateTime)"
     assert ix.rewrite("Condition.onset.as(Age)") == "Condition.onset.ofType(Age)"
     assert ix.rewrite("Patient.telecom.where(system='phone')") == "Patient.telecom.where(system='phone')"
+    assert ix.rewrite("Patient.extension('http://x/y')") == "Patient.extension.where(url='http://x/y')"
 
 
 # ---------------------------------------------------------------------------------------------

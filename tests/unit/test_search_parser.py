@@ -170,13 +170,13 @@ def test_canonical_reference_drops_version(reg: Registry) -> None:
 def test_reference_type_modifier(reg: Registry) -> None:
     c = one(reg, "Observation", "subject:Patient", "123")
     assert (c.modifier, c.values) == ("Patient", (ReferenceValue("Patient", "123", None),))
-    err(reg, "Observation", [("subject:Medication", "1")])  # not a target of subject
+    err(reg, "Observation", [("subject:Encounter", "1")])  # not a target of subject
     err(reg, "Observation", [("subject:Nonsense", "1")])
     err(reg, "Observation", [("subject:Patient", "Group/1")])  # type clash
 
 
 def test_reference_bad_type_or_shape(reg: Registry) -> None:
-    err(reg, "Observation", [("subject", "Medication/1")])
+    err(reg, "Observation", [("subject", "Encounter/1")])
     err(reg, "Observation", [("subject", "a/b/c")])
     err(reg, "Observation", [("subject", "Patient/")])
 
@@ -327,8 +327,9 @@ def test_shared_parameter_targets_are_narrowed_per_type(reg: Registry) -> None:
     # clinical-encounter targets Encounter and EpisodeOfCare, but Observation.encounter is an Encounter
     err(reg, "Observation", [("encounter", "EpisodeOfCare/1")])
     err(reg, "EpisodeOfCare", [("_has:Procedure:encounter:status", "completed")])
-    # … while DocumentReference's encounter may be an EpisodeOfCare
-    assert one(reg, "EpisodeOfCare", "_has:DocumentReference:encounter:status", "current").chain
+    # … and R4B narrowed DocumentReference's too (context.encounter.where(resolve() is Encounter))
+    err(reg, "EpisodeOfCare", [("_has:DocumentReference:encounter:status", "current")])
+    assert one(reg, "Encounter", "_has:DocumentReference:encounter:status", "current").chain
     assert one(reg, "Observation", "patient", "Patient/1").values == (ReferenceValue("Patient", "1", None),)
     err(reg, "Observation", [("patient", "Group/1")])  # Observation.subject.where(resolve() is Patient)
 
@@ -493,7 +494,7 @@ def test_include_that_can_add_nothing_warns(reg: Registry) -> None:
     ("_include", "Observation:code"),  # not a reference
     ("_include", "Observation:nonsense"),
     ("_include", "Nope:subject"),
-    ("_include", "Observation:subject:Medication"),  # not a target
+    ("_include", "Observation:subject:Encounter"),  # not a target
     ("_include", "Observation"),
     ("_include:deep", "Observation:subject"),
     ("_revinclude", "*"),
