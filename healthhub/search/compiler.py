@@ -86,14 +86,12 @@ class Compiler:
         out.extend(self.clause(resource_type, c) for c in rest)
         return out
 
-    def count(self, resource_type: str, clauses: Sequence[Clause]) -> Select[Any] | None:
-        """SELECT count(*) of the matches read from the index tables alone, or None when a
-        clause needs ``resources`` (``:not``, ``:missing``, ``_id``, ``_has``…).
+    def index_sets(self, resource_type: str, clauses: Sequence[Clause]) -> list[Select[Any]] | None:
+        """One SELECT of resource ids per AND clause, each read from an index table alone; None
+        when a clause needs ``resources`` (``:not``, ``:missing``, ``_id``, ``_has``…).
 
         Index rows exist only for the current version of live resources (the repository clears
-        them on update and delete), so the INTERSECT of the clauses' id sets is the match set:
-        no lookup of each match in ``resources``, which made a broad count O(matches) in
-        primary-key probes (bench/RESULTS.md, finding 7)."""
+        them on update and delete), so the intersection of these sets is the match set."""
         windows, rest = self._windows(resource_type, clauses)
         sets: list[Select[Any]] = list(windows)
         for clause in rest:
@@ -101,7 +99,15 @@ class Compiler:
             if rows is None:
                 return None
             sets.append(rows)
-        if not sets:
+        return sets or None
+
+    def count(self, resource_type: str, clauses: Sequence[Clause]) -> Select[Any] | None:
+        """SELECT count(*) of the matches from the index tables alone (INTERSECT of the
+        clauses' id sets), or None (see ``index_sets``): no lookup of each match in
+        ``resources``, which made a broad count O(matches) in primary-key probes
+        (bench/RESULTS.md, finding 7)."""
+        sets = self.index_sets(resource_type, clauses)
+        if sets is None:
             return None
         ids = sets[0].distinct() if len(sets) == 1 else intersect(*sets)
         return select(func.count()).select_from(ids.subquery())
