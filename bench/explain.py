@@ -21,11 +21,14 @@ from healthhub.clock import utcnow
 from healthhub.search.engine import Engine
 from healthhub.search.parser import parse
 from healthhub.search.registry import default_registry
+from healthhub.storage.models import Base
 
 from .database import BenchDatabase
 
+#: Real tables: SQLite also prints SCAN for the rows of a subquery or CTE (``anon_1``, ``matches``).
+_TABLES = frozenset(Base.metadata.tables)
 _SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
-_SQLITE_SCAN = re.compile(r"\bSCAN (\w+)")  # a full table (or full index) scan
+_SQLITE_SCAN = re.compile(r"\bSCAN (\w+)")  # a full table (or full index) scan — or of a subquery's rows
 
 
 @dataclass
@@ -99,4 +102,4 @@ def _explain(kind: str, conn: Any, role: str, statement: str, parameters: Any) -
                     float(m.group(1)) if m else None)
     rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
     plan = "\n".join(str(r[-1]) for r in rows)
-    return Plan(role, statement, plan, "USING" in plan, sorted(set(_SQLITE_SCAN.findall(plan))), None)
+    return Plan(role, statement, plan, "USING" in plan, sorted({t for t in _SQLITE_SCAN.findall(plan) if t in _TABLES}), None)

@@ -19,7 +19,6 @@ from sqlalchemy import (
     and_,
     false,
     func,
-    intersect,
     literal,
     not_,
     or_,
@@ -101,16 +100,22 @@ class Compiler:
             sets.append(rows)
         return sets or None
 
+    @staticmethod
+    def matching(sets: Sequence[Select[Any]]) -> Select[Any]:
+        """The ids in every set, as semi-joins among the index tables (the planner picks the
+        set to start from; none of them touches ``resources``)."""
+        first = sets[0]
+        col = first.selected_columns[0]
+        return first.where(*(col.in_(other) for other in sets[1:]))
+
     def count(self, resource_type: str, clauses: Sequence[Clause]) -> Select[Any] | None:
-        """SELECT count(*) of the matches from the index tables alone (INTERSECT of the
-        clauses' id sets), or None (see ``index_sets``): no lookup of each match in
-        ``resources``, which made a broad count O(matches) in primary-key probes
-        (bench/RESULTS.md, finding 7)."""
+        """SELECT count(*) of the matches from the index tables alone, or None (see
+        ``index_sets``): no lookup of each match in ``resources``, which made a broad count
+        O(matches) in primary-key probes (bench/RESULTS.md, finding 7)."""
         sets = self.index_sets(resource_type, clauses)
         if sets is None:
             return None
-        ids = sets[0].distinct() if len(sets) == 1 else intersect(*sets)
-        return select(func.count()).select_from(ids.subquery())
+        return select(func.count()).select_from(self.matching(sets).distinct().subquery())
 
     def _id_rows(self, resource_type: str, clause: Clause) -> Select[Any] | None:
         """The ids matching a positive clause, straight from an index table."""

@@ -71,12 +71,16 @@ class Engine:
 
     def search(self, req: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()) -> SearchResult:
         rtype = req.resource_type
-        where = [R.resource_type == rtype, R.deleted.is_(False), *extra,
-                 *self.compiler.conditions(rtype, req.clauses, req.ids, req.last_updated)]
+        # Searches made only of index-table clauses (most) are answered from the index tables
+        # first and touch `resources` only for the rows returned; the others join `resources`.
+        sets = (self.compiler.index_sets(rtype, req.clauses)
+                if not extra and not req.ids and not req.last_updated else None)
+        where: list[ColumnElement[bool]] = [R.resource_type == rtype, R.deleted.is_(False), *extra]
+        if sets is None:
+            where += self.compiler.conditions(rtype, req.clauses, req.ids, req.last_updated)
         total = None
         if req.total != "none" or req.summary == "count":
-            counted = (self.compiler.count(rtype, req.clauses)
-                       if not extra and not req.ids and not req.last_updated else None)
+            counted = self.compiler.count(rtype, req.clauses) if sets is not None else None
             if counted is None:
                 counted = select(func.count()).select_from(R).where(*where)
             total = self.session.scalar(counted) or 0
@@ -84,10 +88,14 @@ class Engine:
             return SearchResult([], [], total, None)
         keys = [self._sort_column(rtype, k) for k in req.sort] + [SortColumn(R.id, False, "str", nullable=False)]
         after = _decode_cursor(req.cursor, keys) if req.cursor else None
-        driver = (self.compiler.index_sets(rtype, req.clauses)
-                  if len(keys) == 1 and not extra and not req.ids and not req.last_updated else None)
-        if driver is not None and len(driver) == 1:
-            where.append(R.id.in_(self._page_ids(driver[0], after, req.count + 1)))
+        if sets is not None and len(sets) == 1 and len(keys) == 1:
+            where.append(R.id.in_(self._page_ids(sets[0], after, req.count + 1)))
+        elif sets is not None:
+            # MATERIALIZED: PostgreSQL computes the match ids from the index tables before it
+            # reads a resource; left to itself it joined `resources` first and fetched every
+            # match of the less selective clause (1,444 rows for one page at 1M resources).
+            ids = self.compiler.matching(sets).cte("matches").prefix_with("MATERIALIZED", dialect="postgresql")
+            where.append(R.id.in_(select(ids.c[0])))
         stmt = select(R, *[k.expr for k in keys]).where(*where)
         if after is not None:
             stmt = stmt.where(_after(keys, after))
