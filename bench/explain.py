@@ -69,7 +69,7 @@ def explain_search(db: BenchDatabase, name: str, query: str) -> Explained:
     captured: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):  # WITH: the page of a multi-clause search
             captured.append((statement, parameters))
 
     try:
@@ -80,9 +80,12 @@ def explain_search(db: BenchDatabase, name: str, query: str) -> Explained:
         plans: list[Plan] = []
         with engine.connect() as conn:
             for i, (statement, parameters) in enumerate(captured):
-                # Engine.search sends the COUNT for ``total`` first, then the page, then includes.
+                # Engine.search sends the COUNT for ``total`` first, then (one-parameter searches
+                # sorted by id) the page's ids from the index table, then the page, then includes.
                 if i == 0 and "count(*)" in statement.lower():
                     role = "count"
+                elif not plans or plans[-1].role == "count" and "FROM resources" not in statement:
+                    role = "page ids" if "FROM resources" not in statement else "page"
                 elif not any(p.role == "page" for p in plans):
                     role = "page"
                 else:
