@@ -382,9 +382,13 @@ def date_condition(low: Col[Any], high: Col[Any], v: DateValue, now: datetime) -
         return low > v.high
     if p == "eb":
         return high < v.low
-    # ap: overlap, widened by 10% of the distance from now (at least a day), as the spec suggests.
-    margin = max(abs(now - v.low) / 10, timedelta(days=1))
+    margin = _ap_margin(v, now)
     return and_(low <= _plus(v.high, margin), high >= _minus(v.low, margin))
+
+
+def _ap_margin(v: DateValue, now: datetime) -> timedelta:
+    """``ap``: overlap, widened by 10% of the distance from now (at least a day), as the spec suggests."""
+    return max(abs(now - v.low) / 10, timedelta(days=1))
 
 
 def _high_floor(v: DateValue, now: datetime) -> datetime | None:
@@ -394,7 +398,7 @@ def _high_floor(v: DateValue, now: datetime) -> datetime | None:
     if v.prefix in ("gt", "sa"):
         return v.high
     if v.prefix == "ap":
-        return _minus(v.low, max(abs(now - v.low) / 10, timedelta(days=1)))
+        return _minus(v.low, _ap_margin(v, now))
     return None
 
 
@@ -405,7 +409,7 @@ def _low_ceiling(v: DateValue, now: datetime) -> datetime | None:
     if v.prefix in ("lt", "eb"):
         return v.low
     if v.prefix == "ap":
-        return _plus(v.high, max(abs(now - v.low) / 10, timedelta(days=1)))
+        return _plus(v.high, _ap_margin(v, now))
     return None
 
 
