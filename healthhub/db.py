@@ -68,6 +68,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # LIKE as on PostgreSQL: case-sensitive. The search columns it runs on are already
+    # normalised (case-folded) or are URIs, and only a case-sensitive LIKE 'prefix%' can use an
+    # index on SQLite: without it `name=…` walked every string of the type (sqlite.org/optoverview.html#like_opt).
+    cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
 
 
