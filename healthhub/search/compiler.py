@@ -108,14 +108,12 @@ class Compiler:
         col = first.selected_columns[0]
         return first.where(*(col.in_(other) for other in sets[1:]))
 
-    def count(self, resource_type: str, clauses: Sequence[Clause]) -> Select[Any] | None:
-        """SELECT count(*) of the matches from the index tables alone, or None (see
-        ``index_sets``): no lookup of each match in ``resources``, which made a broad count
-        O(matches) in primary-key probes (bench/RESULTS.md, finding 7)."""
-        sets = self.index_sets(resource_type, clauses)
-        if sets is None:
-            return None
-        return select(func.count()).select_from(self.matching(sets).distinct().subquery())
+    @classmethod
+    def count(cls, sets: Sequence[Select[Any]]) -> Select[Any]:
+        """SELECT count(*) of the matches of ``index_sets`` from the index tables alone: no
+        lookup of each match in ``resources``, which made a broad count O(matches) in
+        primary-key probes (bench/RESULTS.md, finding 7)."""
+        return select(func.count()).select_from(cls.matching(sets).distinct().subquery())
 
     def _id_rows(self, resource_type: str, clause: Clause) -> Select[Any] | None:
         """The ids matching a positive clause, straight from an index table."""

@@ -80,9 +80,8 @@ class Engine:
             where += self.compiler.conditions(rtype, req.clauses, req.ids, req.last_updated)
         total = None
         if req.total != "none" or req.summary == "count":
-            counted = self.compiler.count(rtype, req.clauses) if sets is not None else None
-            if counted is None:
-                counted = select(func.count()).select_from(R).where(*where)
+            counted = (self.compiler.count(sets) if sets is not None
+                       else select(func.count()).select_from(R).where(*where))
             total = self.session.scalar(counted) or 0
         if req.summary == "count" or req.count == 0:
             return SearchResult([], [], total, None)
