@@ -12,7 +12,7 @@ https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import JSON, Table, insert
@@ -43,6 +43,9 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
 
     raw = connection.connection.driver_connection
     assert raw is not None
+    # A new resource's content goes into ``resources`` and ``resource_versions``: the same dict,
+    # serialised once.
+    texts: dict[int, str] = {}
     try:
         with raw.cursor() as cur:
             small = {t: rows for t, rows in todo.items() if len(rows) < COPY_MIN_ROWS}
@@ -52,23 +55,41 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
                         names = list(rows[0])
                         placeholders = ", ".join(["%s"] * len(names))
                         cur.executemany(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ({placeholders})',
-                                        [_values(table, names, row) for row in rows])
+                                        [_values(table, names, row, texts, _jsonb) for row in rows])
             for table, rows in todo.items():
                 if table not in small:
                     names = list(rows[0])
                     with cur.copy(f'COPY "{table.name}" ({_columns(names)}) FROM STDIN') as copy:
                         for row in rows:
-                            copy.write_row(_values(table, names, row))
+                            # COPY's text format takes the JSON text as it is.
+                            copy.write_row(_values(table, names, row, texts, str))
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"bulk insert into {', '.join(t.name for t in todo)}", None, exc) from exc
+
+
+def _jsonb(text: str) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(text, dumps=_as_is)
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _columns(names: list[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-def _values(table: Table, names: list[str], row: dict[str, Any]) -> list[Any]:
-    from psycopg.types.json import Jsonb
-
-    return [Jsonb(row[n], dumps=jsonio.dumps_str) if row[n] is not None and isinstance(table.c[n].type, JSON)
-            else row[n] for n in names]
+def _values(table: Table, names: list[str], row: dict[str, Any], texts: dict[int, str],
+            wrap: Callable[[str], Any]) -> list[Any]:
+    out = []
+    for n in names:
+        value = row[n]
+        if value is not None and isinstance(table.c[n].type, JSON):
+            text = texts.get(id(value))
+            if text is None:
+                text = texts[id(value)] = jsonio.dumps_str(value)
+            value = wrap(text)
+        out.append(value)
+    return out

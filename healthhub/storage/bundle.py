@@ -3,15 +3,15 @@
 https://hl7.org/fhir/R4B/http.html#transaction — a transaction is all or nothing, processed in
 the order DELETE, POST, PUT/PATCH, GET, with ``urn:uuid:`` (and other ``fullUrl``) references
 and conditional references (``Patient?identifier=…``) resolved to the ids the server assigns.
-A batch processes each entry on its own (a SAVEPOINT each), so one bad entry fails alone.
+A batch processes each entry on its own, so one bad entry fails alone.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -64,6 +64,8 @@ class BundleProcessor:
         self.repo = repo
         self.base_url = base_url.rstrip("/")
         self.return_representation = return_representation
+        #: ``ifNoneExist`` answers found ahead (:meth:`_prefetch_conditions`), by (type, criteria).
+        self._conditions: dict[tuple[str, str], list[Stored] | FhirError] = {}
 
     def process(self, bundle: Any) -> dict[str, Any]:
         """Return the ``transaction-response`` or ``batch-response`` Bundle."""
@@ -94,6 +96,7 @@ class BundleProcessor:
         if len(full_urls) != len(set(full_urls)):
             raise invalid("Two entries of the transaction share a fullUrl", ("Bundle.entry.fullUrl",))
         mapping: dict[str, str] = {}
+        self._prefetch_conditions(entries)
         for e in entries:
             with _located(e):
                 self._assign_target(e, mapping)
@@ -141,12 +144,16 @@ class BundleProcessor:
         if e.method == "POST":
             rtype = self._type_of(e)
             if e.if_none_exist:
-                self.repo.lock_criteria(rtype, e.if_none_exist)
-                ids = self.repo.match(rtype, e.if_none_exist, limit=2)
-                if len(ids) > 1:
+                found = self._conditions.pop((rtype, e.if_none_exist), None)
+                if found is None:
+                    self.repo.lock_criteria(rtype, e.if_none_exist)
+                    found = [self.repo.read(rtype, i) for i in self.repo.match(rtype, e.if_none_exist, limit=2)]
+                if isinstance(found, FhirError):
+                    raise found
+                if len(found) > 1:
                     raise precondition_failed(f"ifNoneExist {e.if_none_exist!r} matches more than one {rtype}")
-                if ids:
-                    e.existing = self.repo.read(rtype, ids[0])
+                if found:
+                    e.existing = found[0]
             e.target_id = e.existing.id if e.existing else str(uuid.uuid4())
             if e.full_url:
                 mapping[e.full_url] = f"{rtype}/{e.target_id}"
@@ -161,17 +168,18 @@ class BundleProcessor:
             mapping[e.full_url] = f"{rtype}/{rid}"
 
     def _rewrite(self, node: Any, mapping: dict[str, str]) -> Any:
-        """Replace ``Reference.reference`` values that name a bundle entry or a search."""
+        """Replace ``Reference.reference`` values that name a bundle entry or a search, in place
+        (the entries are this request's own parsed JSON)."""
         if isinstance(node, dict):
-            out = {}
             for k, v in node.items():
                 if k == "reference" and isinstance(v, str):
-                    out[k] = self._resolve_reference(v, mapping)
-                else:
-                    out[k] = self._rewrite(v, mapping)
-            return out
-        if isinstance(node, list):
-            return [self._rewrite(v, mapping) for v in node]
+                    node[k] = self._resolve_reference(v, mapping)
+                elif isinstance(v, (dict, list)):
+                    self._rewrite(v, mapping)
+        elif isinstance(node, list):
+            for v in node:
+                if isinstance(v, (dict, list)):
+                    self._rewrite(v, mapping)
         return node
 
     def _resolve_reference(self, ref: str, mapping: dict[str, str]) -> str:
@@ -195,21 +203,94 @@ class BundleProcessor:
     # -- batch ---------------------------------------------------------------------------
 
     def _batch(self, raw_entries: list[Any]) -> list[Entry]:
+        """Entries in order, each failing alone. Runs of consecutive POSTs (a bulk load: Synthea's
+        practitioner and hospital Bundles are thousands of conditional creates) are written
+        together (:meth:`_batch_posts`); any other entry runs alone under a SAVEPOINT.
+
+        The spec lets a batch's entries be processed in any order and forbids them to depend on
+        each other (https://hl7.org/fhir/R4B/http.html#brules), so a conditional create in a run
+        need not see the creates before it in that run. A repeated ``ifNoneExist`` would, so it
+        starts a new run: the same criteria twice in one batch still create one resource."""
         entries: list[Entry] = []
+        run: list[tuple[int, Any]] = []
+        criteria: set[tuple[str, str]] = set()
         for i, raw in enumerate(raw_entries):
-            try:
-                with self.repo.session.begin_nested():
-                    e = self._parse_entry(i, raw)
-                    if e.resource is not None and e.method in ("POST", "PUT"):
-                        e.resource = self._rewrite(e.resource, {})
-                    if e.method == "POST" and e.if_none_exist:
-                        self._assign_target(e, {})
-                    e.response = self._execute(e)
-            except FhirError as err:
-                e = Entry(i, "GET", "", None, None)
-                e.response = {"status": _status_line(err.status), "outcome": _prefix(err, i).outcome()}
-            entries.append(e)
+            request = raw.get("request") if isinstance(raw, dict) else None
+            if not isinstance(request, dict) or request.get("method") != "POST":
+                entries.extend(self._batch_posts(run))
+                run, criteria = [], set()
+                entries.append(self._batch_entry(i, raw))
+                continue
+            key = (str(request.get("url")), str(request.get("ifNoneExist") or ""))
+            if key[1] and key in criteria:
+                entries.extend(self._batch_posts(run))
+                run, criteria = [], set()
+            criteria.add(key)
+            run.append((i, raw))
+        entries.extend(self._batch_posts(run))
         return entries
+
+    def _batch_posts(self, run: list[tuple[int, Any]]) -> list[Entry]:
+        """A run of POST entries: each is checked on its own (validation, ``ifNoneExist``
+        search: reads only, so a failing entry leaves nothing behind), then the new resources
+        are written with one multi-row INSERT per table. Should that write fail (a resource
+        created by a concurrent request), the run is redone one entry per SAVEPOINT."""
+        if len(run) < 2:
+            return [self._batch_entry(i, raw) for i, raw in run]
+        try:
+            with self.repo.session.begin_nested(), self.repo.batched():
+                entries = [self._batch_entry(i, raw, savepoint=False, execute=False) for i, raw in run]
+                self._prefetch_conditions([e for e in entries if not e.response])
+                return [e if e.response else self._batch_run(e, self._batch_execute) for e in entries]
+        except FhirError:
+            self._conditions.clear()
+            return [self._batch_entry(i, raw) for i, raw in run]
+
+    def _batch_entry(self, index: int, raw: Any, savepoint: bool = True, execute: bool = True) -> Entry:
+        """Parse (and unless ``execute`` is false, process) one entry; an error is its response."""
+        def parse() -> Entry:
+            e = self._parse_entry(index, raw)
+            if e.resource is not None and e.method in ("POST", "PUT"):
+                e.resource = self._rewrite(e.resource, {})
+            if execute:
+                self._batch_execute(e)
+            return e
+
+        e = self._batch_run(Entry(index, "GET", "", None, None), lambda _: parse(), savepoint)
+        return e
+
+    def _batch_execute(self, e: Entry) -> Entry:
+        if e.method == "POST" and e.if_none_exist:
+            self._assign_target(e, {})
+        e.response = self._execute(e)
+        return e
+
+    def _batch_run(self, e: Entry, step: Callable[[Entry], Entry], savepoint: bool = False) -> Entry:
+        """Run one step of a batch entry; its error becomes the entry's response."""
+        try:
+            with self.repo.session.begin_nested() if savepoint else nullcontext():
+                return step(e)
+        except FhirError as err:
+            failed = Entry(e.index, "GET", "", None, None)
+            failed.response = {"status": _status_line(err.status), "outcome": _prefix(err, e.index).outcome()}
+            return failed
+
+    def _prefetch_conditions(self, entries: list[Entry]) -> None:
+        """Lock and search the ``ifNoneExist`` criteria of these POST entries together, a few
+        statements per resource type (:meth:`Repository.match_many`); :meth:`_assign_target`
+        then reads the answers from ``_conditions``."""
+        by_type: dict[str, list[str]] = {}
+        for e in entries:
+            if e.method == "POST" and e.if_none_exist and resources.is_resource_type(e.path):
+                by_type.setdefault(e.path, []).append(e.if_none_exist)
+        for rtype, queries in by_type.items():
+            self.repo.lock_criteria(rtype, *queries)
+            found = self.repo.match_many(rtype, queries)
+            single = [ids[0] for ids in found.values() if isinstance(ids, list) and len(ids) == 1]
+            current = self.repo.current_many(rtype, single)
+            for query, ids in found.items():
+                self._conditions[(rtype, query)] = \
+                    ids if isinstance(ids, FhirError) else [current.get(i) or self.repo.read(rtype, i) for i in ids]
 
     # -- entries -------------------------------------------------------------------------
 

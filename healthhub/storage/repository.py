@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Select, func, insert, literal, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -122,6 +122,35 @@ class Repository:
     def match(self, resource_type: str, query: str, limit: int | None = None) -> list[str]:
         """Ids of the current resources matching conditional criteria (any search, strictly parsed:
         an unknown parameter is an error here, since ignoring it would write the wrong resource)."""
+        stmt = self._criteria(resource_type, query)
+        return list(self.session.scalars(stmt.limit(limit) if limit is not None else stmt))
+
+    def match_many(self, resource_type: str, queries: Iterable[str], limit: int = 2
+                   ) -> dict[str, list[str] | FhirError]:
+        """:meth:`match` for many criteria in few statements (a UNION ALL of up to
+        ``_MATCH_CHUNK`` searches each): a bulk load's thousands of conditional creates cost a
+        round trip per chunk, not per entry. Criteria that do not parse get their error."""
+        out: dict[str, list[str] | FhirError] = {}
+        statements: list[tuple[str, Select[Any]]] = []
+        for query in dict.fromkeys(queries):
+            try:
+                statements.append((query, self._criteria(resource_type, query).limit(limit)))
+            except FhirError as err:
+                out[query] = err
+        for start in range(0, len(statements), _MATCH_CHUNK):
+            chunk = statements[start:start + _MATCH_CHUNK]
+            parts = []
+            for n, (query, stmt) in enumerate(chunk):
+                out[query] = []
+                sub = stmt.subquery()
+                parts.append(select(literal(n).label("n"), sub.c.id))
+            for n, rid in self.session.execute(union_all(*parts) if len(parts) > 1 else parts[0]):
+                found = out[chunk[n][0]]
+                assert isinstance(found, list)
+                found.append(rid)
+        return out
+
+    def _criteria(self, resource_type: str, query: str) -> Select[Any]:
         from ..search.compiler import Compiler
         from ..search.parser import parse
         from ..search.registry import default_registry
@@ -135,8 +164,18 @@ class Repository:
         registry = default_registry()
         req = parse(resource_type, pairs, registry, strict=True)
         stmt = Compiler(registry, self.clock()).ids(resource_type, req.clauses, req.ids, req.last_updated)
-        stmt = stmt.order_by(Resource.id)
-        return list(self.session.scalars(stmt.limit(limit) if limit is not None else stmt))
+        return stmt.order_by(Resource.id)
+
+    def current_many(self, resource_type: str, ids: Iterable[str]) -> dict[str, Stored]:
+        """The current rows of several resources of one type (one statement per 500 ids)."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, Stored] = {}
+        for start in range(0, len(wanted), 500):
+            stmt = select(Resource).where(Resource.resource_type == resource_type,
+                                          Resource.id.in_(wanted[start:start + 500]))
+            for row in self.session.scalars(stmt.execution_options(populate_existing=True)):
+                out[row.id] = _stored(row)
+        return out
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                 since: datetime | None = None, count: int = 20, before: int | None = None) -> HistoryPage:
@@ -267,25 +306,28 @@ class Repository:
         if for_update:
             stmt = stmt.with_for_update()
         row = self.session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
-        if row is None:
-            return None
-        return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                      ordered(row.content), "GET")
+        return None if row is None else _stored(row)
 
-    def lock_criteria(self, resource_type: str, query: str) -> None:
+    def lock_criteria(self, resource_type: str, *queries: str) -> None:
         """Serialise conditional writes whose criteria are the same search, however spelled
         (parameter order, a leading ``Type?``): the key is the sorted parameter list."""
-        if query.startswith(f"{resource_type}?"):
-            query = query[len(resource_type) + 1:]
-        pairs = sorted(parse_qsl(query, keep_blank_values=True))
-        self.lock(f"conditional:{resource_type}?" + "&".join(f"{k}={v}" for k, v in pairs))
+        self.lock(*(_criteria_key(resource_type, q) for q in queries))
 
-    def lock(self, key: str) -> None:
+    def lock(self, *keys: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
-        conditional creates). SQLite transactions are already serial (BEGIN IMMEDIATE)."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+        conditional creates), with transaction-scoped advisory locks taken in one statement, in
+        key order (two requests locking overlapping sets cannot deadlock). SQLite transactions
+        are already serial (BEGIN IMMEDIATE)."""
+        if not keys or self.session.get_bind().dialect.name != "postgresql":
+            return
+        digests = sorted({int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
+                          for k in keys})
+        if len(digests) == 1:
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digests[0]})
+        else:
+            self.session.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM "
+                                      "(SELECT k FROM unnest(CAST(:ks AS bigint[])) AS u(k) ORDER BY k) AS s"),
+                                 {"ks": digests})
 
     def _write(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None,
                version_id: int, method: str, previous: Stored | None) -> Stored:
@@ -370,6 +412,9 @@ class _Pending:
                 self.index.setdefault(table, []).extend(rows)
 
 #: Result-shaping parameters that do not change which resources match.
+#: Conditional criteria searched per statement by :meth:`Repository.match_many`.
+_MATCH_CHUNK = 100
+
 _RESULT_PARAMS = frozenset({"_format", "_pretty", "_count", "_summary", "_elements", "_total", "_sort",
                             "_include", "_revinclude", "_cursor"})
 
@@ -409,6 +454,18 @@ def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: 
         return out
 
     return strip(stored) == strip(incoming)
+
+
+def _criteria_key(resource_type: str, query: str) -> str:
+    if query.startswith(f"{resource_type}?"):
+        query = query[len(resource_type) + 1:]
+    pairs = sorted(parse_qsl(query, keep_blank_values=True))
+    return f"conditional:{resource_type}?" + "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def _stored(row: Resource) -> Stored:
+    return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
+                  ordered(row.content), "GET")
 
 
 def _from_version(row: ResourceVersion) -> Stored:

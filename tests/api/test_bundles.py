@@ -192,3 +192,98 @@ def test_batch_get_entries_can_search(client):
     assert first["resource"]["entry"][0]["resource"]["gender"] == "female"
     assert second["resource"]["total"] == 1
     assert third["response"]["status"].startswith("400")
+
+
+def _org(ident: str, name: str | None = None) -> dict:
+    return {"resourceType": "Organization", "name": name or ident,
+            "identifier": [{"system": "urn:test:org", "value": ident}]}
+
+
+def _conditional_post(ident: str, criteria: str | None = None, resource: dict | None = None) -> dict:
+    return {"resource": resource or _org(ident),
+            "request": {"method": "POST", "url": "Organization",
+                        "ifNoneExist": criteria or f"identifier=urn:test:org|{ident}"}}
+
+
+def test_batch_of_conditional_creates_each_entry_answered_alone(client):
+    """A run of POSTs is searched and written together; every entry still gets the answer it
+    would get alone: existing (200), created (201), ambiguous (412), bad criteria or resource
+    (400), and the same criteria twice create one resource."""
+    existing = post_json(client, "/fhir/Organization", _org("old")).json["id"]
+    for _ in range(2):
+        post_json(client, "/fhir/Organization", _org("twin"))
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": [
+        _conditional_post("old"),
+        _conditional_post("new-1"),
+        _conditional_post("twin"),
+        _conditional_post("x", criteria="nosuchparam=1"),
+        _conditional_post("bad", resource={"resourceType": "Organization", "active": "maybe"}),
+        _conditional_post("new-1"),
+        {"request": {"method": "GET", "url": "Organization?identifier=urn:test:org|new-1"}},
+        _conditional_post("new-2"),
+        {"resource": _org("plain"), "request": {"method": "POST", "url": "Organization"}},
+    ]})
+    assert resp.status_code == 200
+    out = [e["response"] for e in resp.json["entry"]]
+    assert [r["status"].split()[0] for r in out] == ["200", "201", "412", "400", "400", "200", "200", "201", "201"]
+    assert out[0]["location"].startswith(f"Organization/{existing}/")
+    assert out[5]["location"] == out[1]["location"]  # the repeated criteria found the first
+    assert out[4]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[4].resource.active"]
+    assert resp.json["entry"][6]["resource"]["total"] == 1
+    # old + 2 twins before; new-1, new-2, plain now.
+    assert type_total(client, "Organization") == 6
+
+
+def test_batch_run_is_redone_entry_by_entry_when_its_write_fails(client, monkeypatch):
+    """A run's multi-row write can fail (a concurrent request wrote the same resource); the run
+    is then redone one entry at a time, and each resource is stored once."""
+    from sqlalchemy.exc import IntegrityError
+
+    from healthhub.storage import bulk
+
+    real = bulk.append
+    calls = {"n": 0}
+
+    def fail_once(session, rows_by_table):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise IntegrityError("simulated concurrent insert", None, Exception("duplicate key"))
+        return real(session, rows_by_table)
+
+    monkeypatch.setattr(bulk, "append", fail_once)
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch",
+                                       "entry": [_conditional_post(f"r-{i}") for i in range(5)]})
+    assert resp.status_code == 200
+    assert [e["response"]["status"] for e in resp.json["entry"]] == ["201 Created"] * 5
+    assert calls["n"] > 1
+    assert type_total(client, "Organization") == 5
+    for i in range(5):
+        found = client.get(f"/fhir/Organization?identifier=urn:test:org|r-{i}").json
+        assert found["total"] == 1
+
+
+def test_transaction_conditional_creates_are_resolved_together(client, db_counts):
+    existing = post_json(client, "/fhir/Organization", _org("kept")).json["id"]
+    before = db_counts()
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {**_conditional_post("kept"), "fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+        {**_conditional_post("fresh"), "fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222"},
+        {"resource": {"resourceType": "Location", "name": "ward",
+                      "managingOrganization": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+                      "partOf": {"reference": "Location?name=nowhere-at-all"}},
+         "request": {"method": "POST", "url": "Location"}}]})
+    assert resp.status_code == 412  # the conditional reference finds nothing: all or nothing
+    assert db_counts() == before
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {**_conditional_post("kept"), "fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+        {**_conditional_post("fresh"), "fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222"},
+        {"resource": {"resourceType": "Location", "name": "ward",
+                      "managingOrganization": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
+         "request": {"method": "POST", "url": "Location"}}]})
+    assert resp.status_code == 200, resp.json
+    out = [e["response"] for e in resp.json["entry"]]
+    assert [r["status"] for r in out] == ["200 OK", "201 Created", "201 Created"]
+    location = client.get("/fhir/" + out[2]["location"].rsplit("/_history", 1)[0]).json
+    assert location["managingOrganization"]["reference"] == f"Organization/{existing}"
+    after = db_counts()
+    assert after["resources"] == before["resources"] + 2
