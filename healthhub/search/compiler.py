@@ -314,7 +314,7 @@ def token_condition(system_col: Col[Any], code_col: Col[Any], text_col: Col[Any]
         if v.type_system is not None:
             conds.append(type_system_col == v.type_system)
         return and_(*conds)
-    if isinstance(v, TokenValue):
+    if isinstance(v, TokenValue):  # token_matches below is this condition in Python
         conds = []
         if v.code is not None:
             conds.append(code_col == v.code)
@@ -322,6 +322,12 @@ def token_condition(system_col: Col[Any], code_col: Col[Any], text_col: Col[Any]
             conds.append(system_col == v.system)
         return and_(*conds) if conds else true()
     return code_col == str(v)
+
+
+def token_matches(system: str | None, code: str | None, v: TokenValue) -> bool:
+    """Whether an index row (system, code) meets a plain TokenValue: :func:`token_condition`
+    evaluated in Python, for lookups of many values at once (``Repository.match_many``)."""
+    return (v.code is None or code == v.code) and (v.system is None or system == v.system)
 
 
 def reference_condition(c: Any, modifier: str | None, v: Value) -> ColumnElement[bool]:

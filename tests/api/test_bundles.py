@@ -287,3 +287,27 @@ def test_transaction_conditional_creates_are_resolved_together(client, db_counts
     assert location["managingOrganization"]["reference"] == f"Organization/{existing}"
     after = db_counts()
     assert after["resources"] == before["resources"] + 2
+
+
+def test_batch_conditional_creates_agree_with_search(client):
+    """Whatever path a criteria takes in a batch (identifier lookups together, other searches
+    as one statement), its outcome is what a search with the same criteria finds."""
+    for system, value in (("urn:sys:1", "v1"), (None, "v1"), ("urn:sys:2", "v1"), ("urn:sys:1", "v2"),
+                          ("urn:sys:1", "V2")):
+        ident = {"value": value} if system is None else {"system": system, "value": value}
+        post_json(client, "/fhir/Organization", {"resourceType": "Organization", "name": f"{system} {value}",
+                                                 "identifier": [ident]})
+    criteria = ["identifier=urn:sys:1|v1", "identifier=v1", "identifier=|v1", "identifier=urn:sys:3|v1",
+                "identifier=urn:sys:1|v2", "identifier=urn:sys:1|V2", "identifier=v3", "identifier=urn:sys:1|",
+                "identifier=urn:sys:1|v1,urn:sys:2|v1", "name=urn:sys:2", "identifier:not=v1",
+                "identifier=urn:sys:1|v2&name=nothing"]
+    expected = []
+    for q in criteria:
+        total = client.get(f"/fhir/Organization?{q}").json["total"]
+        expected.append({0: "201", 1: "200"}.get(total, "412"))
+    assert set(expected) == {"200", "201", "412"}  # the criteria cover every outcome
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Organization", "name": f"created {i}"},
+         "request": {"method": "POST", "url": "Organization", "ifNoneExist": q}}
+        for i, q in enumerate(criteria)]})
+    assert [e["response"]["status"].split()[0] for e in resp.json["entry"]] == expected
