@@ -352,7 +352,7 @@ def _nothing(*args: Any) -> list[Any]:
 class _Expr:
     """One union part, compiled once: fast program when it has a simple shape, else fhirpathpy."""
 
-    __slots__ = ("text", "steps", "root", "top_level", "_compiled")
+    __slots__ = ("text", "steps", "root", "top_level", "needs", "_compiled")
 
     def __init__(self, text: str, top_level: bool, force_fhirpathpy: bool) -> None:
         self.text = rewrite(text)
@@ -363,6 +363,12 @@ class _Expr:
             self.root = steps[0][1]
             steps = steps[1:]
         self.steps = steps
+        #: The JSON keys of the resource this expression starts from (``Observation.code``:
+        #: ``code``), when it starts with a member; extraction skips it when none is present
+        #: (most of a type's ~40 parameters find nothing in a given resource).
+        self.needs: tuple[str, ...] | None = None
+        if self.root is not None and steps and steps[0][0] == _MEMBER:
+            self.needs = tuple(key for key, _ in _member_info(self.root, steps[0][1]))
         self._compiled: Callable[..., Any] | None = None
 
     @property
@@ -723,6 +729,15 @@ class _Plan:
     allowed: tuple[str, ...]
     convert: Converter | None  # None for composites
     components: tuple[_Component, ...] = ()
+    #: Resource keys of which one must be present for any expression to find a value; None
+    #: when an expression does not start with a member.
+    needs: frozenset[str] | None = None
+
+
+def _needs(exprs: tuple[_Expr, ...]) -> frozenset[str] | None:
+    if any(e.needs is None for e in exprs):
+        return None
+    return frozenset(key for e in exprs for key in e.needs or ())
 
 
 def _extension_value(ext: Any) -> tuple[Any, str | None]:
@@ -754,6 +769,8 @@ class Indexer:
         rows: list[Any] = []
         root: list[Node] = [(resource, rtype)]
         for plan in self._plans_for(rtype):
+            if plan.needs is not None and plan.needs.isdisjoint(resource):
+                continue
             try:
                 if plan.convert is not None:
                     for expr in plan.exprs:
@@ -815,13 +832,13 @@ class Indexer:
             if param.type == "composite":
                 components = self._components(param)
                 if components:
-                    yield _Plan(code, param.type, exprs, allowed, None, components)
+                    yield _Plan(code, param.type, exprs, allowed, None, components, _needs(exprs))
                 continue
             convert = _CONVERTERS.get(param.type)
             if param.type == "reference" and param.targets:
                 convert = functools.partial(_reference_rows, targets=param.targets)
             if convert is not None:
-                yield _Plan(code, param.type, exprs, allowed, convert)
+                yield _Plan(code, param.type, exprs, allowed, convert, (), _needs(exprs))
 
     def _components(self, param: SearchParam) -> tuple[_Component, ...]:
         out = []
