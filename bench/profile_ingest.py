@@ -33,7 +33,7 @@ STAGES = (
     ("conditional references (Repository.match)", "healthhub/storage/repository.py", "match"),
     ("validation (resources.validate)", "healthhub/resources.py", "validate"),
     ("index extraction (store.index_rows)", "healthhub/search/store.py", "index_rows"),
-    ("multi-row INSERTs (Repository._flush_pending)", "healthhub/storage/repository.py", "_flush_pending"),
+    ("writes of new rows (bulk.append, bulk._insert)", "healthhub/storage/bulk.py", "append|_insert"),
     ("SQL execution, all (psycopg/sqlite cursor)", "", "execute|executemany"),
 )
 

@@ -12,7 +12,9 @@ https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import JSON, Table, insert
@@ -55,14 +57,14 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
                         names = list(rows[0])
                         placeholders = ", ".join(["%s"] * len(names))
                         cur.executemany(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ({placeholders})',
-                                        [_values(table, names, row, texts, _jsonb) for row in rows])
+                                        _rows(table, names, rows, texts, _jsonb))
             for table, rows in todo.items():
                 if table not in small:
                     names = list(rows[0])
                     with cur.copy(f'COPY "{table.name}" ({_columns(names)}) FROM STDIN') as copy:
-                        for row in rows:
-                            # COPY's text format takes the JSON text as it is.
-                            copy.write_row(_values(table, names, row, texts, str))
+                        # COPY's text format takes the JSON text as it is.
+                        for values in _rows(table, names, rows, texts, str):
+                            copy.write_row(values)
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"bulk insert into {', '.join(t.name for t in todo)}", None, exc) from exc
 
@@ -77,19 +79,72 @@ def _as_is(text: str) -> str:
     return text
 
 
+@contextmanager
+def stream(session: Session) -> Iterator[Callable[[Mapping[Table, list[dict[str, Any]]]], None]]:
+    """Yield ``send(rows_by_table)``, which writes rows as they come. On PostgreSQL the block
+    is a psycopg pipeline and each table's rows go as multi-row INSERTs: statements leave at
+    once and the server stores them while the caller goes on with the next rows (two cores
+    busy instead of one taking turns with the other). Their errors (IntegrityError) surface at
+    a later ``send`` or when the block ends. Elsewhere ``send`` is :func:`append`."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        yield lambda rows_by_table: append(session, rows_by_table)
+        return
+    import psycopg
+
+    raw = connection.connection.driver_connection
+    assert raw is not None
+
+    try:
+        with raw.pipeline(), raw.cursor() as cur:
+            def send(rows_by_table: Mapping[Table, list[dict[str, Any]]]) -> None:
+                texts: dict[int, str] = {}  # per send: ids of freed objects are reused
+                for table, rows in rows_by_table.items():
+                    if rows:
+                        _insert(cur, table, rows, texts)
+
+            yield send
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError("bulk insert", None, exc) from exc
+
+
+#: Parameters per multi-row INSERT (PostgreSQL's limit is 65,535).
+_MAX_PARAMS = 30_000
+
+
+def _insert(cur: Any, table: Table, rows: list[dict[str, Any]], texts: dict[int, str]) -> None:
+    names = list(rows[0])
+    per_statement = max(1, _MAX_PARAMS // len(names))
+    values = _rows(table, names, rows, texts, _jsonb)
+    row_sql = "(" + ", ".join(["%s"] * len(names)) + ")"
+    for start in range(0, len(values), per_statement):
+        part = values[start:start + per_statement]
+        sql = f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ' + ", ".join([row_sql] * len(part))
+        cur.execute(sql, [v for row in part for v in row], prepare=False)
+
+
 def _columns(names: list[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-def _values(table: Table, names: list[str], row: dict[str, Any], texts: dict[int, str],
-            wrap: Callable[[str], Any]) -> list[Any]:
-    out = []
-    for n in names:
-        value = row[n]
-        if value is not None and isinstance(table.c[n].type, JSON):
+def _rows(table: Table, names: list[str], rows: list[dict[str, Any]], texts: dict[int, str],
+          wrap: Callable[[str], Any]) -> list[Any]:
+    """Rows as value sequences in ``names`` order; JSON values serialised (once per object)."""
+    json_at = [i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)]
+    if json_at:
+        return [_json_row(row, names, json_at, texts, wrap) for row in rows]
+    get = itemgetter(*names)
+    return [get(row) for row in rows] if len(names) > 1 else [(get(row),) for row in rows]
+
+
+def _json_row(row: dict[str, Any], names: list[str], json_at: list[int], texts: dict[int, str],
+              wrap: Callable[[str], Any]) -> list[Any]:
+    out = [row[n] for n in names]
+    for i in json_at:
+        value = out[i]
+        if value is not None:
             text = texts.get(id(value))
             if text is None:
                 text = texts[id(value)] = jsonio.dumps_str(value)
-            value = wrap(text)
-        out.append(value)
+            out[i] = wrap(text)
     return out

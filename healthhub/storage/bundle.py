@@ -238,10 +238,11 @@ class BundleProcessor:
         if len(run) < 2:
             return [self._batch_entry(i, raw) for i, raw in run]
         try:
-            with self.repo.session.begin_nested(), self.repo.batched():
+            with self.repo.session.begin_nested():
                 entries = [self._batch_entry(i, raw, savepoint=False, execute=False) for i, raw in run]
                 self._prefetch_conditions([e for e in entries if not e.response])
-                return [e if e.response else self._batch_run(e, self._batch_execute) for e in entries]
+                with self.repo.batched():  # no reads from here on
+                    return [e if e.response else self._batch_run(e, self._batch_execute) for e in entries]
         except FhirError:
             self._conditions.clear()
             return [self._batch_entry(i, raw) for i, raw in run]

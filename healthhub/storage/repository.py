@@ -412,33 +412,33 @@ class Repository:
 
     @contextmanager
     def batched(self) -> Iterator[None]:
-        """Buffer the rows of new resources and write them with one multi-row INSERT per table
-        when the block ends. Only for runs of creates with known ids and no reads in between
-        (the POST phase of a transaction): a read inside the block would not see them."""
-        self._pending = _Pending()
+        """Buffer the rows of new resources and write them a chunk at a time, with one multi-row
+        INSERT per table (:func:`bulk.stream`: on PostgreSQL the database stores one chunk while
+        the next is validated and indexed). Only for runs of creates with known ids and no
+        statement in between (the POST phase of a transaction): the connection is in pipeline
+        mode, where a query of the session would fail. A write that fails (a resource written by a concurrent request) raises a 409
+        when the block ends."""
         try:
-            yield
-            self._flush_pending()
-        finally:
-            self._pending = None
-
-    def _flush_pending(self) -> None:
-        pending = self._pending
-        if pending is None or not pending.resources:
-            return
-        tables: dict[Any, list[dict[str, Any]]] = {Resource.__table__: pending.resources,
-                                                    ResourceVersion.__table__: pending.versions, **pending.index}
-        try:
-            bulk.append(self.session, tables)
+            with bulk.stream(self.session) as send:
+                self._pending = _Pending(send)
+                yield
+                self._pending.send()
         except IntegrityError:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
+        finally:
+            self._pending = None
 
 
 class _Pending:
-    """Rows of new resources waiting for one multi-row INSERT per table."""
+    """Rows of new resources waiting to be sent, ``STREAM_CHUNK`` resources at a time."""
 
-    def __init__(self) -> None:
+    #: Resources per chunk: big enough for multi-row INSERTs to pay, small enough that the
+    #: database starts early.
+    STREAM_CHUNK = 100
+
+    def __init__(self, sink: Callable[[dict[Any, list[dict[str, Any]]]], None]) -> None:
+        self.sink = sink
         self.resources: list[dict[str, Any]] = []
         self.versions: list[dict[str, Any]] = []
         self.index: dict[Any, list[dict[str, Any]]] = {}
@@ -450,11 +450,19 @@ class _Pending:
         if content is not None:
             for table, rows in store.index_rows(resource_type, resource_id, content).items():
                 self.index.setdefault(table, []).extend(rows)
+        if len(self.resources) >= self.STREAM_CHUNK:
+            self.send()
 
-#: Result-shaping parameters that do not change which resources match.
+    def send(self) -> None:
+        if self.resources:
+            self.sink({Resource.__table__: self.resources, ResourceVersion.__table__: self.versions, **self.index})
+        self.resources, self.versions, self.index = [], [], {}
+
+
 #: Conditional criteria searched per statement by :meth:`Repository.match_many`.
 _MATCH_CHUNK = 100
 
+#: Result-shaping parameters that do not change which resources match.
 _RESULT_PARAMS = frozenset({"_format", "_pretty", "_count", "_summary", "_elements", "_total", "_sort",
                             "_include", "_revinclude", "_cursor"})
 
