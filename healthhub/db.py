@@ -83,6 +83,9 @@ class Database:
         self.config = config
         self.engine = make_engine(config)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        from .storage.planner_stats import PlannerStatistics
+
+        self.planner_stats = PlannerStatistics(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -90,6 +93,7 @@ class Database:
         with self.sessionmaker() as session:
             with session.begin():
                 yield session
+        self.planner_stats.after_write()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,7 +1,7 @@
-"""SQLite has no statistics (the hub never runs ANALYZE), so its plans follow from the schema
-alone; these guard the plans the benchmark showed to matter at 1M resources
-(bench/RESULTS.md): every index-table read is a SEARCH on the intended index, never a walk of
-all rows of a type."""
+"""SQLite plans from the schema alone until the hub's first ANALYZE (at 1,000 versions, see
+``storage/planner_stats.py``); these guard the plans the benchmark showed to matter at 1M
+resources (bench/RESULTS.md), without statistics and with them: every index-table read is a
+SEARCH on the intended index, never a walk of all rows of a type or parameter."""
 from __future__ import annotations
 
 import re
@@ -67,6 +67,74 @@ def test_searches_use_indexes(sqlite_engine, rtype, query):
         assert all(r.startswith("SEARCH") for r in reads), (statement, reads)
         # a lookup names more than the type: "(resource_type=?)" alone walks every row of it
         assert not any(r.endswith("(resource_type=?)") for r in reads), (statement, reads)
+        # nor a range over every reference of a parameter (`_include` did, at 1M resources)
+        assert not any("target_id>?" in r or "target_id<?" in r for r in reads), (statement, reads)
         # the sort key is read through the per-resource index, not by walking the parameter
         assert not any("search_date USING INDEX ix_search_date_1 (resource_type=? AND param=?)" == r.split(" ", 1)[1]
                        for r in reads), reads
+
+
+def _searched_plans(engine, rtype, query) -> list[list[str]]:
+    registry = default_registry()
+    sent: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, many):
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with Session(engine) as session:
+            Engine(session, registry, utcnow()).search(parse(rtype, query, registry))
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return [index_reads(plan(engine, statement, parameters)) for statement, parameters in sent]
+
+
+def _patients_with_observations(client, patients: int, per_patient: int) -> list[str]:
+    entries = []
+    for p in range(patients):
+        entries.append({"fullUrl": f"urn:uuid:00000000-0000-0000-0000-{p:012d}",
+                        "resource": {"resourceType": "Patient", "gender": "female"},
+                        "request": {"method": "POST", "url": "Patient"}})
+        for o in range(per_patient):
+            entries.append({"resource": {"resourceType": "Observation", "status": "final",
+                                         "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}]},
+                                         "subject": {"reference": f"urn:uuid:00000000-0000-0000-0000-{p:012d}"},
+                                         "effectiveDateTime": f"2020-01-{o % 28 + 1:02d}"},
+                            "request": {"method": "POST", "url": "Observation"}})
+    resp = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert resp.status_code == 200, resp.json
+    return [e["response"]["location"].split("/")[1] for e in resp.json["entry"]
+            if e["response"]["location"].startswith("Patient/")]
+
+
+def test_include_reads_references_of_the_page_only(sqlite_engine, client):
+    _patients_with_observations(client, 3, 30)
+    for reads in _searched_plans(sqlite_engine, "Observation",
+                                 [("code", "http://loinc.org|1-8"), ("_include", "Observation:patient")]):
+        assert not any("target_id>?" in r for r in reads), reads
+        assert all(r.startswith("SEARCH") for r in reads), reads
+
+
+def test_statistics_follow_growth_and_start_from_the_patient(sqlite_engine, app, client):
+    """After 1,000 versions the hub has run ANALYZE; with statistics SQLite starts
+    ``patient+code`` from the patient's references (10 rows here), not from the code (1,000)."""
+    stats = app.extensions["healthhub.db"].planner_stats
+    stats.check_every = 0
+    patients = _patients_with_observations(client, 100, 10)
+    with sqlite_engine.connect() as conn:
+        analyzed = {r[0] for r in conn.exec_driver_sql("SELECT tbl FROM sqlite_stat1")}
+        marker = conn.exec_driver_sql("SELECT value FROM app_state WHERE key = 'sqlite_analyzed_at_versions'").scalar()
+    assert {"search_token", "search_reference", "resources"} <= analyzed
+    assert int(marker) >= 1000
+    for reads in _searched_plans(sqlite_engine, "Observation",
+                                 [("patient", patients[7]), ("code", "http://loinc.org|1-8")]):
+        refs = [r for r in reads if "search_reference" in r]
+        if refs:
+            assert "target_id=?" in refs[0], reads
+    # not doubled since: no second ANALYZE
+    client.post("/fhir/Patient", json={"resourceType": "Patient"})
+    with sqlite_engine.connect() as conn:
+        again = conn.exec_driver_sql("SELECT value FROM app_state WHERE key = 'sqlite_analyzed_at_versions'").scalar()
+    assert again == marker
