@@ -12,8 +12,7 @@ https://www.psycopg.org/psycopg3/docs/advanced/pipeline.html
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -77,50 +76,6 @@ def _jsonb(text: str) -> Any:
 
 def _as_is(text: str) -> str:
     return text
-
-
-@contextmanager
-def stream(session: Session) -> Iterator[Callable[[Mapping[Table, list[dict[str, Any]]]], None]]:
-    """Yield ``send(rows_by_table)``, which writes rows as they come. On PostgreSQL the block
-    is a psycopg pipeline and each table's rows go as multi-row INSERTs: statements leave at
-    once and the server stores them while the caller goes on with the next rows (two cores
-    busy instead of one taking turns with the other). Their errors (IntegrityError) surface at
-    a later ``send`` or when the block ends. Elsewhere ``send`` is :func:`append`."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        yield lambda rows_by_table: append(session, rows_by_table)
-        return
-    import psycopg
-
-    raw = connection.connection.driver_connection
-    assert raw is not None
-
-    try:
-        with raw.pipeline(), raw.cursor() as cur:
-            def send(rows_by_table: Mapping[Table, list[dict[str, Any]]]) -> None:
-                texts: dict[int, str] = {}  # per send: ids of freed objects are reused
-                for table, rows in rows_by_table.items():
-                    if rows:
-                        _insert(cur, table, rows, texts)
-
-            yield send
-    except psycopg.errors.IntegrityError as exc:
-        raise IntegrityError("bulk insert", None, exc) from exc
-
-
-#: Parameters per multi-row INSERT (PostgreSQL's limit is 65,535).
-_MAX_PARAMS = 30_000
-
-
-def _insert(cur: Any, table: Table, rows: list[dict[str, Any]], texts: dict[int, str]) -> None:
-    names = list(rows[0])
-    per_statement = max(1, _MAX_PARAMS // len(names))
-    values = _rows(table, names, rows, texts, _jsonb)
-    row_sql = "(" + ", ".join(["%s"] * len(names)) + ")"
-    for start in range(0, len(values), per_statement):
-        part = values[start:start + per_statement]
-        sql = f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ' + ", ".join([row_sql] * len(part))
-        cur.execute(sql, [v for row in part for v in row], prepare=False)
 
 
 def _columns(names: list[str]) -> str:

@@ -241,7 +241,7 @@ class BundleProcessor:
             with self.repo.session.begin_nested():
                 entries = [self._batch_entry(i, raw, savepoint=False, execute=False) for i, raw in run]
                 self._prefetch_conditions([e for e in entries if not e.response])
-                with self.repo.batched():  # no reads from here on
+                with self.repo.batched():
                     return [e if e.response else self._batch_run(e, self._batch_execute) for e in entries]
         except FhirError:
             self._conditions.clear()

@@ -412,17 +412,18 @@ class Repository:
 
     @contextmanager
     def batched(self) -> Iterator[None]:
-        """Buffer the rows of new resources and write them a chunk at a time, with one multi-row
-        INSERT per table (:func:`bulk.stream`: on PostgreSQL the database stores one chunk while
-        the next is validated and indexed). Only for runs of creates with known ids and no
-        statement in between (the POST phase of a transaction): the connection is in pipeline
-        mode, where a query of the session would fail. A write that fails (a resource written by a concurrent request) raises a 409
-        when the block ends."""
+        """Buffer the rows of new resources and write them when the block ends, by COPY (or
+        one multi-row INSERT) per table. Only for runs of creates with known ids and no reads
+        in between (the POST phase of a transaction): a read inside the block would not see
+        them. A write that fails (a resource written by a concurrent request) is a 409.
+
+        Streaming chunks through a psycopg pipeline while the next entries are validated was
+        tried and measured slower (bench/RESULTS.md): multi-row INSERTs cost the server more
+        than COPY, and on a busy 2-core machine there is no idle core to overlap with."""
         try:
-            with bulk.stream(self.session) as send:
-                self._pending = _Pending(send)
-                yield
-                self._pending.send()
+            self._pending = _Pending(lambda tables: bulk.append(self.session, tables))
+            yield
+            self._pending.send()
         except IntegrityError:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
@@ -431,11 +432,7 @@ class Repository:
 
 
 class _Pending:
-    """Rows of new resources waiting to be sent, ``STREAM_CHUNK`` resources at a time."""
-
-    #: Resources per chunk: big enough for multi-row INSERTs to pay, small enough that the
-    #: database starts early.
-    STREAM_CHUNK = 100
+    """Rows of new resources waiting for one COPY or multi-row INSERT per table."""
 
     def __init__(self, sink: Callable[[dict[Any, list[dict[str, Any]]]], None]) -> None:
         self.sink = sink
@@ -450,8 +447,6 @@ class _Pending:
         if content is not None:
             for table, rows in store.index_rows(resource_type, resource_id, content).items():
                 self.index.setdefault(table, []).extend(rows)
-        if len(self.resources) >= self.STREAM_CHUNK:
-            self.send()
 
     def send(self) -> None:
         if self.resources:

@@ -314,8 +314,7 @@ def test_batch_conditional_creates_agree_with_search(client):
 
 
 def test_a_large_transaction_failing_late_stores_nothing(client, db_counts):
-    """New resources are written a chunk at a time while later entries are still checked; an
-    entry failing after chunks went out still leaves nothing behind."""
+    """An entry failing after 240 others were validated and indexed leaves nothing behind."""
     before = db_counts()
     entries = [{"fullUrl": f"urn:uuid:00000000-0000-0000-0000-{i:012d}",
                 "resource": {"resourceType": "Patient", "gender": "female", "name": [{"family": f"Late{i}"}]},
