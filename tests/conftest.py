@@ -65,6 +65,9 @@ def _clean(app: Any) -> None:
         else:
             for name in tables:
                 conn.execute(text(f"DELETE FROM {name}"))
+            # Statistics of an earlier test's data would steer the next test's plans.
+            if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'")).first():
+                conn.execute(text("DELETE FROM sqlite_stat1"))
 
 
 @pytest.fixture

@@ -138,3 +138,4 @@ def test_statistics_follow_growth_and_start_from_the_patient(sqlite_engine, app,
     with sqlite_engine.connect() as conn:
         again = conn.exec_driver_sql("SELECT value FROM app_state WHERE key = 'sqlite_analyzed_at_versions'").scalar()
     assert again == marker
+
