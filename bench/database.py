@@ -46,7 +46,8 @@ class BenchDatabase:
     def analyze(self) -> None:
         """PostgreSQL: VACUUM (ANALYZE) every hub table, so plans use fresh statistics and the
         visibility map is set (what autovacuum would reach eventually). SQLite: nothing — the
-        hub never runs ANALYZE there, so the benchmark does not either."""
+        hub itself runs a sampled ANALYZE each time the store doubles
+        (``healthhub/storage/planner_stats.py``), and the benchmark measures what that gives."""
         if self.kind != "postgres":
             return
         engine = self.engine()

@@ -212,3 +212,78 @@ def ingest(paths: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
     click.echo(summary.line())
     if summary.errors:
         sys.exit(1)
+
+
+@main.group()
+def client() -> None:
+    """OAuth clients: apps and hospital systems."""
+
+
+@client.command("create")
+@click.option("--name", required=True, help="What the client is (shown on the consent page).")
+@click.option("--grant", required=True, type=click.Choice(["client_credentials", "authorization_code"]),
+              help="client_credentials: a backend (hospital system, registry); authorization_code: a SMART app.")
+@click.option("--scope", required=True, help='The most the client may ask for, e.g. "system/*.cu" or '
+              '"launch/patient openid fhirUser offline_access patient/*.rs".')
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JWK Set of the client's public keys (private_key_jwt, RS384/ES384); without it a backend "
+                   "gets a secret and an app is public (PKCE).")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Exact redirect URI of an app (repeatable).")
+@click.option("--organization", help="Organization/<id> a hospital system writes for.")
+def client_create(name: str, grant: str, scope: str, jwks_file: Path | None, redirect_uris: tuple[str, ...],
+                  organization: str | None) -> None:
+    """Register a client; prints {"client_id": …, "client_secret": …} (the secret only once)."""
+    import orjson
+
+    from .auth.registry import RegistrationError, create_client
+    from .clock import utcnow
+
+    jwks = None
+    if jwks_file is not None:
+        try:
+            jwks = orjson.loads(jwks_file.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise click.ClickException(f"{jwks_file}: not JSON ({exc})") from None
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            made = create_client(session, name=name, grant=grant, scope=scope, jwks=jwks,
+                                 redirect_uris=redirect_uris, organization=organization, now=utcnow())
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    out: dict[str, str] = {"client_id": made.client_id}
+    if made.client_secret:
+        out["client_secret"] = made.client_secret
+    click.echo(orjson.dumps(out).decode())
+
+
+@main.group()
+def user() -> None:
+    """People who log in: clinicians, public-health officials, administrators."""
+
+
+@user.command("create")
+@click.option("--username", required=True)
+@click.option("--password", required=True, help="At least 10 characters; stored as a salted scrypt hash.")
+@click.option("--role", required=True, type=click.Choice(["clinician", "public-health", "admin"]))
+@click.option("--practitioner", help="Practitioner/<id>: the user's FHIR identity (the fhirUser claim).")
+def user_create(username: str, password: str, role: str, practitioner: str | None) -> None:
+    """Register a user; prints {"username": …, "role": …}."""
+    import orjson
+
+    from .auth.registry import RegistrationError, create_user
+    from .clock import utcnow
+
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            made = create_user(session, username=username, password=password, role=role,
+                               practitioner=practitioner, now=utcnow())
+            out = {"username": made.username, "role": made.role, "fhirUser": made.fhir_user}
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    click.echo(orjson.dumps({k: v for k, v in out.items() if v is not None}).decode())

@@ -181,3 +181,7 @@ class AppState(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+# The authorization server's tables share this metadata: one schema, one Alembic history.
+from ..auth import models as _auth_models  # noqa: E402,F401
