@@ -221,7 +221,7 @@ class BundleProcessor:
                 run, criteria = [], set()
                 entries.append(self._batch_entry(i, raw))
                 continue
-            key = (str(request.get("url")), str(request.get("ifNoneExist") or ""))
+            key = _criteria_of(request)
             if key[1] and key in criteria:
                 entries.extend(self._batch_posts(run))
                 run, criteria = [], set()
@@ -233,8 +233,8 @@ class BundleProcessor:
     def _batch_posts(self, run: list[tuple[int, Any]]) -> list[Entry]:
         """A run of POST entries: each is checked on its own (validation, ``ifNoneExist``
         search: reads only, so a failing entry leaves nothing behind), then the new resources
-        are written with one multi-row INSERT per table. Should that write fail (a resource
-        created by a concurrent request), the run is redone one entry per SAVEPOINT."""
+        are written together (one COPY per table). Should that write fail (a resource created
+        by a concurrent request), the run is redone one entry per SAVEPOINT."""
         if len(run) < 2:
             return [self._batch_entry(i, raw) for i, raw in run]
         try:
@@ -257,8 +257,7 @@ class BundleProcessor:
                 self._batch_execute(e)
             return e
 
-        e = self._batch_run(Entry(index, "GET", "", None, None), lambda _: parse(), savepoint)
-        return e
+        return self._batch_run(Entry(index, "GET", "", None, None), lambda _: parse(), savepoint)
 
     def _batch_execute(self, e: Entry) -> Entry:
         if e.method == "POST" and e.if_none_exist:
@@ -423,6 +422,15 @@ class BundleProcessor:
         if not resources.is_resource_type(name):
             raise FhirError(404, [Issue("error", "not-supported", f"Unknown resource type {name!r}")])
         return name
+
+
+def _criteria_of(request: dict[str, Any]) -> tuple[str, str]:
+    """(type, ifNoneExist) of a POST, however spelled (``[base/]Type``, ``Type?criteria``)."""
+    rtype = str(request.get("url") or "").split("?", 1)[0].strip().rstrip("/").rsplit("/", 1)[-1]
+    criteria = str(request.get("ifNoneExist") or "")
+    if criteria.startswith(f"{rtype}?"):
+        criteria = criteria[len(rtype) + 1:]
+    return rtype, criteria
 
 
 def _json_patch_of(resource: dict[str, Any]) -> Any:

@@ -208,7 +208,8 @@ def _conditional_post(ident: str, criteria: str | None = None, resource: dict | 
 def test_batch_of_conditional_creates_each_entry_answered_alone(client):
     """A run of POSTs is searched and written together; every entry still gets the answer it
     would get alone: existing (200), created (201), ambiguous (412), bad criteria or resource
-    (400), and the same criteria twice create one resource."""
+    (400), and the same criteria twice create one resource, however the URL and criteria are
+    spelled."""
     existing = post_json(client, "/fhir/Organization", _org("old")).json["id"]
     for _ in range(2):
         post_json(client, "/fhir/Organization", _org("twin"))
@@ -218,7 +219,9 @@ def test_batch_of_conditional_creates_each_entry_answered_alone(client):
         _conditional_post("twin"),
         _conditional_post("x", criteria="nosuchparam=1"),
         _conditional_post("bad", resource={"resourceType": "Organization", "active": "maybe"}),
-        _conditional_post("new-1"),
+        {**_conditional_post("new-1", criteria="Organization?identifier=urn:test:org|new-1"),
+         "request": {"method": "POST", "url": "http://hub.test/fhir/Organization",
+                     "ifNoneExist": "Organization?identifier=urn:test:org|new-1"}},
         {"request": {"method": "GET", "url": "Organization?identifier=urn:test:org|new-1"}},
         _conditional_post("new-2"),
         {"resource": _org("plain"), "request": {"method": "POST", "url": "Organization"}},
