@@ -356,7 +356,8 @@ class Repository:
     def lock(self, *keys: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
         conditional creates), with transaction-scoped advisory locks taken in one statement, in
-        key order (two requests locking overlapping sets cannot deadlock). SQLite transactions
+        key order, so two Bundles that lock overlapping sets of criteria at once wait for each
+        other instead of deadlocking. SQLite transactions
         are already serial (BEGIN IMMEDIATE)."""
         if not keys or self.session.get_bind().dialect.name != "postgresql":
             return
