@@ -26,7 +26,9 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import SQLCoreOperations
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..outcome import not_supported
 from ..storage import models
@@ -140,22 +142,23 @@ class Compiler:
         merged = {code for code, group in groups.items() if len(group) > 1}
         windows = []
         for code in merged:
-            group = groups[code]
-            table = models.SearchDate
-            conds = [or_(*(date_condition(table.c.low, table.c.high, v, self.now)
-                           for v in c.values if isinstance(v, DateValue))) for c in group]
-            windows.append(self._window(table, resource_type, code, conds, group))
+            windows.append(self._window(models.SearchDate, resource_type, code, groups[code]))
         return windows, [c for c in clauses if c.param.code not in merged or c.chain or c.modifier is not None]
 
-    def _window(self, table: Table, resource_type: str, code: str, conds: list[ColumnElement[bool]],
-                group: Sequence[Clause]) -> Select[Any]:
+    def _window(self, table: Table, resource_type: str, code: str, group: Sequence[Clause]) -> Select[Any]:
         """Ids whose one row meets every condition. When the conditions give both a floor for
         ``high`` and a ceiling for ``low``, one sub-select per width class adds the (redundant)
         bounds on ``low`` that make it a range scan of the (type, param, span, low) index; a
         UNION ALL of them, because neither planner reliably turns an OR of ranges into index
-        scans (the resource is in one class only, so nothing repeats)."""
-        mine = [table.c.resource_type == resource_type, table.c.param == code, *conds]
+        scans (the resource is in one class only, so nothing repeats). In those sub-selects
+        ``high`` is marked :class:`Unindexed`: with statistics, SQLite answered the widest class
+        from the ``high`` index — every row ending after the window start, 763 ms at 1M
+        (bench/RESULTS.md, second session)."""
         per_class = self._span_bounds(table, group)
+        high: ColumnElement[Any] = Unindexed(table.c.high) if per_class else table.c.high
+        conds = [or_(*(date_condition(table.c.low, high, v, self.now) for v in c.values if isinstance(v, DateValue)))
+                 for c in group]
+        mine = [table.c.resource_type == resource_type, table.c.param == code, *conds]
         if not per_class:
             return select(table.c.resource_id).where(*mine)
         union = union_all(*(select(table.c.resource_id).where(*mine, bound) for bound in per_class)).subquery()
@@ -322,6 +325,29 @@ def token_condition(system_col: Col[Any], code_col: Col[Any], text_col: Col[Any]
             conds.append(system_col == v.system)
         return and_(*conds) if conds else true()
     return code_col == str(v)
+
+
+class Unindexed(FunctionElement[Any]):
+    """A column that SQLite must not look up through an index: rendered ``+column`` there
+    (https://sqlite.org/optoverview.html#disqualifying_where_clause_terms_using_unary_), as is
+    elsewhere. It keeps the column's type, so compared values bind the same way."""
+
+    inherit_cache = True
+    name = "unindexed"
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(Unindexed)
+def _unindexed(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed_sqlite(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
 
 
 def token_matches(system: str | None, code: str | None, v: TokenValue) -> bool:
