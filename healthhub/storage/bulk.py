@@ -44,9 +44,6 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
 
     raw = connection.connection.driver_connection
     assert raw is not None
-    # A new resource's content goes into ``resources`` and ``resource_versions``: the same dict,
-    # serialised once.
-    texts: dict[int, str] = {}
     try:
         with raw.cursor() as cur:
             small = {t: rows for t, rows in todo.items() if len(rows) < COPY_MIN_ROWS}
@@ -56,13 +53,13 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
                         names = list(rows[0])
                         placeholders = ", ".join(["%s"] * len(names))
                         cur.executemany(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ({placeholders})',
-                                        _rows(table, names, rows, texts, _jsonb))
+                                        _rows(table, names, rows, _jsonb))
             for table, rows in todo.items():
                 if table not in small:
                     names = list(rows[0])
                     with cur.copy(f'COPY "{table.name}" ({_columns(names)}) FROM STDIN') as copy:
                         # COPY's text format takes the JSON text as it is.
-                        for values in _rows(table, names, rows, texts, str):
+                        for values in _rows(table, names, rows, str):
                             copy.write_row(values)
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"bulk insert into {', '.join(t.name for t in todo)}", None, exc) from exc
@@ -82,24 +79,18 @@ def _columns(names: list[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
 
-def _rows(table: Table, names: list[str], rows: list[dict[str, Any]], texts: dict[int, str],
-          wrap: Callable[[str], Any]) -> list[Any]:
-    """Rows as value sequences in ``names`` order; JSON values serialised (once per object)."""
+def _rows(table: Table, names: list[str], rows: list[dict[str, Any]], wrap: Callable[[str], Any]) -> list[Any]:
+    """Rows as value sequences in ``names`` order, JSON values serialised and wrapped."""
     json_at = [i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)]
     if json_at:
-        return [_json_row(row, names, json_at, texts, wrap) for row in rows]
+        return [_json_row(row, names, json_at, wrap) for row in rows]
     get = itemgetter(*names)
     return [get(row) for row in rows] if len(names) > 1 else [(get(row),) for row in rows]
 
 
-def _json_row(row: dict[str, Any], names: list[str], json_at: list[int], texts: dict[int, str],
-              wrap: Callable[[str], Any]) -> list[Any]:
+def _json_row(row: dict[str, Any], names: list[str], json_at: list[int], wrap: Callable[[str], Any]) -> list[Any]:
     out = [row[n] for n in names]
     for i in json_at:
-        value = out[i]
-        if value is not None:
-            text = texts.get(id(value))
-            if text is None:
-                text = texts[id(value)] = jsonio.dumps_str(value)
-            out[i] = wrap(text)
+        if out[i] is not None:
+            out[i] = wrap(jsonio.dumps_str(out[i]))
     return out
