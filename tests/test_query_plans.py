@@ -131,3 +131,19 @@ def test_statistics_follow_growth_and_start_from_the_patient(sqlite_engine, app,
         again = conn.exec_driver_sql("SELECT value FROM app_state WHERE key = 'sqlite_analyzed_at_versions'").scalar()
     assert again == marker
 
+
+
+def test_date_window_branches_keep_sqlite_off_the_high_index():
+    """Whatever the statistics say, each width-class branch of a date window is compiled with
+    `+search_date.high` on SQLite (no index for that term) and the bare column elsewhere."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from healthhub.search.compiler import Compiler
+
+    registry = default_registry()
+    req = parse("Encounter", [("date", "ge2000-07-01"), ("date", "lt2000-08-01")], registry)
+    stmt = Compiler(registry, utcnow()).ids("Encounter", req.clauses)
+    on_sqlite = str(stmt.compile(dialect=sqlite.dialect()))
+    branches = on_sqlite.count("search_date.span = ")
+    assert branches >= 5 and on_sqlite.count("+search_date.high") == branches
+    assert "+search_date" not in str(stmt.compile(dialect=postgresql.dialect()))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import RSAKey
 
 #: Signing algorithm of the hub's tokens (RS256: what every JOSE library verifies; HAPI FHIR's
 #: SMART module signs with it too).
@@ -75,11 +75,6 @@ class KeyRing:
                 jwk.update({"kid": kid, "use": "sig", "alg": ALG})
                 keys.append(jwk)
             return {"keys": keys}
-
-    def key_set(self) -> KeySet:
-        self.current()
-        with self._lock:
-            return KeySet(list(self._public.values()))
 
     # -- rotation ----------------------------------------------------------------------------
 

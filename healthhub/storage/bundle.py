@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -242,22 +243,21 @@ class BundleProcessor:
                 entries = [self._batch_entry(i, raw, savepoint=False, execute=False) for i, raw in run]
                 self._prefetch_conditions([e for e in entries if not e.response])
                 with self.repo.batched():
-                    return [e if e.response else self._batch_run(e, self._batch_execute) for e in entries]
+                    return [e if e.response else self._guarded(e.index, partial(self._batch_execute, e))
+                            for e in entries]
         except FhirError:
             self._conditions.clear()
             return [self._batch_entry(i, raw) for i, raw in run]
 
     def _batch_entry(self, index: int, raw: Any, savepoint: bool = True, execute: bool = True) -> Entry:
         """Parse (and unless ``execute`` is false, process) one entry; an error is its response."""
-        def parse() -> Entry:
+        def step() -> Entry:
             e = self._parse_entry(index, raw)
             if e.resource is not None and e.method in ("POST", "PUT"):
                 e.resource = self._rewrite(e.resource, {})
-            if execute:
-                self._batch_execute(e)
-            return e
+            return self._batch_execute(e) if execute else e
 
-        return self._batch_run(Entry(index, "GET", "", None, None), lambda _: parse(), savepoint)
+        return self._guarded(index, step, savepoint)
 
     def _batch_execute(self, e: Entry) -> Entry:
         if e.method == "POST" and e.if_none_exist:
@@ -265,14 +265,14 @@ class BundleProcessor:
         e.response = self._execute(e)
         return e
 
-    def _batch_run(self, e: Entry, step: Callable[[Entry], Entry], savepoint: bool = False) -> Entry:
-        """Run one step of a batch entry; its error becomes the entry's response."""
+    def _guarded(self, index: int, step: Callable[[], Entry], savepoint: bool = False) -> Entry:
+        """Run one batch entry's step; its error becomes the entry's response."""
         try:
             with self.repo.session.begin_nested() if savepoint else nullcontext():
-                return step(e)
+                return step()
         except FhirError as err:
-            failed = Entry(e.index, "GET", "", None, None)
-            failed.response = {"status": _status_line(err.status), "outcome": _prefix(err, e.index).outcome()}
+            failed = Entry(index, "GET", "", None, None)
+            failed.response = {"status": _status_line(err.status), "outcome": _prefix(err, index).outcome()}
             return failed
 
     def _prefetch_conditions(self, entries: list[Entry]) -> None:

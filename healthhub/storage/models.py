@@ -131,7 +131,7 @@ SearchReference = _search_table(
     {"target_type": String(64), "target_id": String(64), "url": Text, "ident_system": Text, "ident_value": Text},
     [("target_id", "target_type", "resource_id")],
     # Covering for "what do these resources point at" (_include, $everything): without it SQLite,
-    # which has no statistics, preferred the covering lookup index and read every reference of
+    # planning without statistics, preferred the covering lookup index and read every reference of
     # the type (3 s per $everything at 1M resources).
     per_resource=("target_type", "target_id"))
 #: ``span`` classes the width of [low, high] (see ``search/dates.py``): a window search bounds

@@ -57,13 +57,9 @@ class PlannerStatistics:
         finally:
             self._lock.release()
 
-    def analyze(self, versions: int | None = None) -> None:
+    def analyze(self, versions: int) -> None:
         """Run ANALYZE now (sampled) and remember at what size."""
-        if not self.enabled:
-            return
         with self.engine.begin() as conn:
-            if versions is None:
-                versions = conn.execute(text("SELECT coalesce(max(pk), 0) FROM resource_versions")).scalar_one()
             conn.exec_driver_sql(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
             conn.exec_driver_sql("ANALYZE")
             conn.execute(delete(AppState).where(AppState.key == _KEY))
