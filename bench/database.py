@@ -2,8 +2,10 @@
 SQLite file, migrated to head, removed at the end whatever happens."""
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -96,7 +98,11 @@ def bench_database(kind: str, postgres_url: str = DEFAULT_POSTGRES_URL) -> Itera
             _upgrade(db)
             yield db
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            # HEALTHHUB_BENCH_KEEP=1 keeps the file, to study query plans at scale afterwards.
+            if os.environ.get("HEALTHHUB_BENCH_KEEP") == "1":
+                print(f"kept SQLite benchmark database {db_file}", file=sys.stderr)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
         return
     if kind != "postgres":
         raise ValueError(f"unknown database kind {kind!r}")
