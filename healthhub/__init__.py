@@ -11,7 +11,9 @@ def create_app(config: Any = None) -> Any:
     from flask import Flask
 
     from . import errors
+    from .api import auth as auth_api
     from .api import fhir as fhir_api
+    from .auth import service as auth_service
     from .config import Config
     from .db import Database
     from .operations import load as load_operations
@@ -22,8 +24,10 @@ def create_app(config: Any = None) -> Any:
     app.config["HEALTHHUB"] = cfg
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
-    app.extensions["healthhub.db"] = Database(cfg)
+    db = app.extensions["healthhub.db"] = Database(cfg)
     load_operations()  # fail at start-up when an operation and its definition do not pair up
+    auth_service.init_app(app, cfg, db)
+    auth_api.init_app(app)
     fhir_api.init_app(app)
     errors.init_app(app)
     return app

@@ -59,6 +59,11 @@ def invalid(diagnostics: str, expression: Sequence[str] = (), status: int = 400)
     return error(status, "invalid", diagnostics, expression)
 
 
+def forbidden(diagnostics: str) -> FhirError:
+    """403: the access token does not allow this (SMART scopes)."""
+    return error(403, "forbidden", diagnostics)
+
+
 def not_found(diagnostics: str) -> FhirError:
     return error(404, "not-found", diagnostics)
 

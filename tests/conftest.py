@@ -49,11 +49,14 @@ def new_database(tmp_dir: Path) -> Iterator[Config]:
 
 @pytest.fixture(scope="session")
 def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    from dataclasses import replace
+
+    keys = tmp_path_factory.mktemp("keys")
     with new_database(tmp_path_factory.mktemp("db")) as cfg:
         engine = make_engine(cfg)
         migrate.upgrade(engine)
         engine.dispose()
-        yield cfg
+        yield replace(cfg, signing_key=str(keys / "signing-key.pem"))
 
 
 def _clean(app: Any) -> None:
@@ -94,9 +97,30 @@ def app(make_app: Callable[..., Any]) -> Any:
     return make_app()
 
 
+#: What the default test client may do: everything (a hospital system's widest registration).
+FULL_ACCESS = "system/*.cruds"
+
+
+def issue_token(app: Any, scope: str = FULL_ACCESS, *, patient: str | None = None, client_id: str = "test-client",
+                subject: str | None = None, **claims: Any) -> str:
+    """An access token signed by the app's key, as its token endpoint would issue it."""
+    tokens = app.extensions["healthhub.auth"].tokens
+    return tokens.issue(client_id=client_id, subject=subject or client_id, scope=scope, patient=patient,
+                        extra=claims or None)
+
+
+def authorized(app: Any, scope: str = FULL_ACCESS, **kw: Any) -> Any:
+    """A test client sending ``Authorization: Bearer`` with a token for ``scope``."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {issue_token(app, scope, **kw)}"
+    return client
+
+
 @pytest.fixture
 def client(app: Any) -> Any:
-    return app.test_client()
+    """A client with full access (``system/*.cruds``): the FHIR tests are about FHIR; the
+    authorization tests (tests/auth/) use narrower tokens and none."""
+    return authorized(app)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 of a database holding data re-extracts the search index (`healthhub db upgrade`)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -12,7 +14,7 @@ from healthhub import create_app, migrate
 from healthhub.cli import main
 from healthhub.db import make_engine
 from healthhub.storage.models import Base
-from tests.conftest import new_database
+from tests.conftest import authorized, new_database
 
 
 def test_migrated_schema_matches_the_models(tmp_path):
@@ -46,9 +48,9 @@ def test_upgrade_from_0002_reindexes_existing_resources(tmp_path, monkeypatch):
         monkeypatch.setenv("HEALTHHUB_DATABASE_URL", cfg.database_url)
         result = CliRunner().invoke(main, ["db", "upgrade"])
         assert result.exit_code == 0, result.output
-        app = create_app(cfg)
+        app = create_app(replace(cfg, signing_key=str(tmp_path / "signing-key.pem")))
         try:
-            found = app.test_client().get("/fhir/Patient?family=mugisha").json
+            found = authorized(app).get("/fhir/Patient?family=mugisha").json
             assert [e["resource"]["id"] for e in found["entry"]] == ["p1"]
         finally:
             app.extensions["healthhub.db"].dispose()

@@ -9,10 +9,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from .. import resources
+from ..auth.access import Access
+from ..auth.bearer import authenticate
+from ..auth.service import auth_service
+from ..auth.tokens import AccessToken
 from ..clock import aware, instant, utcnow
 from ..config import Config
 from ..context import RequestContext
@@ -31,6 +35,7 @@ from . import http
 from .capability import capability_statement, supports
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+PUBLIC_ENDPOINTS = frozenset({"fhir.metadata"})
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 _STARTED = instant(utcnow())
@@ -44,12 +49,29 @@ def _config() -> Config:
     return current_app.config["HEALTHHUB"]
 
 
+@bp.before_request
+def _authenticate() -> None:
+    """Every FHIR path needs a valid access token, except the CapabilityStatement."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    g.access_token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+
+
+def _request_context() -> RequestContext:
+    token: AccessToken = g.access_token
+    org = token.claims.get("organization")
+    return RequestContext(
+        actor=token.subject if token.subject == token.client_id else f"{token.subject} via {token.client_id}",
+        organization=f"{_config().fhir_base}/{org}" if isinstance(org, str) and org else None,
+        access=Access(token.grant, default_registry(), utcnow()))
+
+
 @contextmanager
 def unit_of_work() -> Iterator[Repository]:
     """One repository in one database transaction for this request (commit on success)."""
     db: Database = current_app.extensions["healthhub.db"]
     with db.transaction() as session:
-        yield Repository(session, RequestContext(actor=request.remote_addr or "anonymous"))
+        yield Repository(session, _request_context())
 
 
 def _type(name: str) -> str:
@@ -280,7 +302,7 @@ def _search(rtype: str, pairs: list[tuple[str, str]]) -> Response:
     base = _config().fhir_base
     req = parse(rtype, pairs, registry, strict=http.prefer_handling() == "strict", base_url=base)
     with unit_of_work() as repo:
-        result = Engine(repo.session, registry, utcnow()).search(req)
+        result = Engine(repo.session, registry, utcnow(), repo.ctx.access).search(req)
     return http.fhir_response(searchset(req, result, f"{base}/{rtype}", pairs, base))
 
 
@@ -296,7 +318,7 @@ def _compartment_search(patient_id: str, rtype: str) -> Response:
     req = parse(rtype, pairs, registry, strict=http.prefer_handling() == "strict", base_url=base)
     with unit_of_work() as repo:
         repo.read("Patient", patient_id)
-        result = Engine(repo.session, registry, utcnow()).search(req, extra=[cond])
+        result = Engine(repo.session, registry, utcnow(), repo.ctx.access).search(req, extra=[cond])
     return http.fhir_response(searchset(req, result, f"{base}/Patient/{patient_id}/{rtype}", pairs, base))
 
 

@@ -120,6 +120,24 @@ class TokenService:
             raise InvalidToken("The access token's scope is invalid") from None
         return AccessToken(claims, grant)
 
+    def claims_if_signed(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token this server signed, whatever its times or revocation (for
+        introspection and revocation, which answer "inactive" or do nothing for those); None
+        for anything else."""
+        if not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+            return None
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+            key = self.keys.verification_key(header.get("kid")) if header.get("alg") == ALG else None
+            if key is None:
+                return None
+            claims = jwt.decode(token, key, algorithms=[ALG]).claims
+        except (JoseError, ValueError, UnicodeError):
+            return None
+        if claims.get("iss") != self.issuer:
+            return None
+        return dict(claims)
+
     def _check_claims(self, claims: dict[str, Any]) -> None:
         now = self.now()
         for name in ("iss", "aud", "sub", "client_id", "jti", "iat", "exp", "scope"):

@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 
 from .. import resources
 from ..clock import aware
+from ..context import AccessPolicy
 from ..outcome import invalid
 from ..search import cursor
 from ..search.compartment import everything as compartment_everything
@@ -32,8 +33,13 @@ def everything(call: OperationCall) -> tuple[int, dict[str, Any]]:
     count = _count(args.get("_count"))
     since = _since(args.get("_since"))
     types = _types(args.get("_type"))
+    access = call.repo.ctx.access
+    if access is not None:
+        types = tuple(access.readable_types(types if types is not None else resources.resource_types()))
     where: list[ColumnElement[bool]] = [
         tuple_(R.resource_type, R.id).in_(compartment_everything(call.resource_id, types)), R.deleted.is_(False)]
+    if access is not None:
+        where.append(_visible(access, types or ()))
     if since is not None:
         where.append(R.last_updated >= since)
     session = call.repo.session
@@ -54,6 +60,20 @@ def everything(call: OperationCall) -> tuple[int, dict[str, Any]]:
         "entry": [{"fullUrl": f"{call.base_url}/{r.resource_type}/{r.id}", "resource": ordered(r.content),
                    "search": {"mode": "match"}} for r in page],
     }
+
+
+def _visible(access: AccessPolicy, types: tuple[str, ...]) -> ColumnElement[bool]:
+    """The rows of ``types`` the token may read: whole types where a scope allows every resource,
+    the visible ids (compartment, granular query) elsewhere."""
+    whole: list[str] = []
+    confined: list[ColumnElement[bool]] = []
+    for rtype in types:
+        sel = access.restriction(rtype, "r")
+        if sel is None:
+            whole.append(rtype)
+        else:
+            confined.append(and_(R.resource_type == rtype, R.id.in_(sel)))
+    return or_(R.resource_type.in_(whole), *confined)
 
 
 def _arguments(call: OperationCall) -> dict[str, str]:

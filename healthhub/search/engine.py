@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import SQLCoreOperations
 
 from ..clock import aware
+from ..context import AccessPolicy
 from ..outcome import invalid
 from ..storage import models
 from ..storage.repository import Stored, ordered
@@ -64,13 +65,20 @@ class SortColumn:
 
 
 class Engine:
-    def __init__(self, session: Session, registry: Registry, now: datetime) -> None:
+    """Searches of one request; ``access`` (the caller's token) confines matches in SQL and
+    drops included resources it may not read."""
+
+    def __init__(self, session: Session, registry: Registry, now: datetime, access: AccessPolicy | None = None) -> None:
         self.session = session
         self.registry = registry
         self.compiler = Compiler(registry, now)
+        self.access = access
 
     def search(self, req: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()) -> SearchResult:
         rtype = req.resource_type
+        visible = self.access.restriction(rtype, "s") if self.access is not None else None
+        if visible is not None:
+            extra = [*extra, R.id.in_(visible)]
         # Searches made only of index-table clauses (most) are answered from the index tables
         # first and touch `resources` only for the rows returned; the others join `resources`.
         sets = (self.compiler.index_sets(rtype, req.clauses)
@@ -104,6 +112,8 @@ class Engine:
         matches = [_stored(row[0]) for row in page]
         cursor = _encode_cursor(list(page[-1][1:]), keys) if len(rows) > req.count and page else None
         included = self._includes(req.includes, matches) if req.includes else []
+        if included and self.access is not None:
+            included = self.access.filter(self.session, included, "r")
         return SearchResult(matches, included, total, cursor)
 
     def _page_ids(self, ids: Select[Any], after: list[Any] | None, limit: int) -> list[str]:

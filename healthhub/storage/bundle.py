@@ -148,7 +148,8 @@ class BundleProcessor:
                 found = self._conditions.pop((rtype, e.if_none_exist), None)
                 if found is None:
                     self.repo.lock_criteria(rtype, e.if_none_exist)
-                    found = [self.repo.read(rtype, i) for i in self.repo.match(rtype, e.if_none_exist, limit=2)]
+                    found = [self.repo.existing(rtype, i)
+                             for i in self.repo.match(rtype, e.if_none_exist, limit=2, permission="c")]
                 if isinstance(found, FhirError):
                     raise found
                 if len(found) > 1:
@@ -161,7 +162,7 @@ class BundleProcessor:
         elif e.method == "PUT" and e.full_url:
             rtype, rid = self._split_instance(e, allow_conditional=True)
             if rid is None:
-                ids = self.repo.match(rtype, e.query, limit=2)
+                ids = self.repo.match(rtype, e.query, limit=2, permission="u")
                 if len(ids) > 1:
                     raise precondition_failed(f"Criteria {e.query!r} match more than one {rtype}")
                 rid = ids[0] if ids else (e.resource or {}).get("id") or str(uuid.uuid4())
@@ -285,12 +286,12 @@ class BundleProcessor:
                 by_type.setdefault(e.path, []).append(e.if_none_exist)
         for rtype, queries in by_type.items():
             self.repo.lock_criteria(rtype, *queries)
-            found = self.repo.match_many(rtype, queries)
+            found = self.repo.match_many(rtype, queries, permission="c")
             single = [ids[0] for ids in found.values() if isinstance(ids, list) and len(ids) == 1]
             current = self.repo.current_many(rtype, single)
             for query, ids in found.items():
                 self._conditions[(rtype, query)] = \
-                    ids if isinstance(ids, FhirError) else [current.get(i) or self.repo.read(rtype, i) for i in ids]
+                    ids if isinstance(ids, FhirError) else [current.get(i) or self.repo.existing(rtype, i) for i in ids]
 
     # -- entries -------------------------------------------------------------------------
 
@@ -377,7 +378,7 @@ class BundleProcessor:
         registry = default_registry()
         pairs = parse_qsl(query, keep_blank_values=True)
         req = parse(rtype, pairs, registry, base_url=self.base_url)
-        result = Engine(self.repo.session, registry, self.repo.clock()).search(req)
+        result = Engine(self.repo.session, registry, self.repo.clock(), self.repo.ctx.access).search(req)
         bundle = searchset(req, result, f"{self.base_url}/{rtype}", pairs, self.base_url)
         return {"status": "200 OK", "resource": bundle}
 

@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session
 
 from .. import resources
 from ..clock import aware, instant, utcnow
-from ..context import RequestContext
+from ..context import PERMISSION_NAMES, RequestContext
 from ..outcome import (
     FhirError,
     Issue,
     conflict,
+    forbidden,
     gone,
     invalid,
     not_found,
@@ -87,12 +88,21 @@ class Repository:
         self.ctx = ctx
         self.clock = clock
         self._pending: _Pending | None = None
+        self._pending_ids: dict[str, list[str]] = {}
 
     # -- reads ---------------------------------------------------------------------------
 
     def read(self, resource_type: str, resource_id: str) -> Stored:
-        """Current version; 404 when unknown, 410 when deleted."""
+        """Current version; 404 when unknown (or not visible to the caller), 410 when deleted."""
         current = self._current(resource_type, resource_id)
+        self._check_visible(resource_type, resource_id, current, "r")
+        return self.existing(resource_type, resource_id, current)
+
+    def existing(self, resource_type: str, resource_id: str, current: Stored | None = None) -> Stored:
+        """The current version without a permission check (the caller made it: a conditional
+        create answering with the resource its criteria found among the visible ones)."""
+        if current is None:
+            current = self._current(resource_type, resource_id)
         if current is None:
             raise not_found(f"Resource {resource_type}/{resource_id} is not known")
         if current.deleted:
@@ -103,6 +113,7 @@ class Repository:
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Stored:
         """One version; 404 when that version does not exist, 410 when it is a tombstone."""
+        self._check_visible(resource_type, resource_id, self._current(resource_type, resource_id), "r")
         if not version_id.isdigit() or len(version_id) > 9:
             raise not_found(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
         row = self.session.execute(
@@ -119,13 +130,15 @@ class Repository:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         return stored
 
-    def match(self, resource_type: str, query: str, limit: int | None = None) -> list[str]:
+    def match(self, resource_type: str, query: str, limit: int | None = None, permission: str = "s") -> list[str]:
         """Ids of the current resources matching conditional criteria (any search, strictly parsed:
-        an unknown parameter is an error here, since ignoring it would write the wrong resource)."""
-        stmt = self._criteria(resource_type, query)
+        an unknown parameter is an error here, since ignoring it would write the wrong resource),
+        among those the caller may ``permission``: a conditional write never sees, so never
+        reveals or touches, a resource outside the token's scopes."""
+        stmt = self._confine(self._criteria(resource_type, query), resource_type, permission)
         return list(self.session.scalars(stmt.limit(limit) if limit is not None else stmt))
 
-    def match_many(self, resource_type: str, queries: Iterable[str], limit: int = 2
+    def match_many(self, resource_type: str, queries: Iterable[str], limit: int = 2, permission: str = "s"
                    ) -> dict[str, list[str] | FhirError]:
         """:meth:`match` for many criteria in few statements; criteria that do not parse get
         their error. A bulk load's conditional creates are almost all ``identifier=system|value``:
@@ -142,12 +155,13 @@ class Repository:
                 if token is not None:
                     by_token.setdefault(token[0], []).append((query, token[1]))
                 else:
-                    statements.append((query, self._statement(resource_type, req).limit(limit)))
+                    statements.append((query, self._confine(self._statement(resource_type, req), resource_type,
+                                                            permission).limit(limit)))
             except FhirError as err:
                 out[query] = err
         for param, items in by_token.items():
             for start in range(0, len(items), 500):
-                out.update(self._match_tokens(resource_type, param, items[start:start + 500]))
+                out.update(self._match_tokens(resource_type, param, items[start:start + 500], permission))
         for start in range(0, len(statements), _MATCH_CHUNK):
             chunk = statements[start:start + _MATCH_CHUNK]
             parts = []
@@ -161,20 +175,30 @@ class Repository:
                 found.append(rid)
         return out
 
-    def _match_tokens(self, resource_type: str, param: str, items: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    def _match_tokens(self, resource_type: str, param: str, items: list[tuple[str, Any]],
+                      permission: str) -> dict[str, list[str]]:
         """``param=[system|]code`` criteria in one statement: the index rows of their codes,
         then :func:`~healthhub.search.compiler.token_matches` (the SQL condition, in Python)."""
         from ..search.compiler import token_matches
         from .models import SearchToken as T
 
         rows: dict[str, list[tuple[str | None, str]]] = {}
-        stmt = select(T.c.code, T.c.system, T.c.resource_id).where(
-            T.c.resource_type == resource_type, T.c.param == param, T.c.code.in_({v.code for _, v in items}))
+        stmt: Select[Any] = self._confine(select(T.c.code, T.c.system, T.c.resource_id).where(
+            T.c.resource_type == resource_type, T.c.param == param, T.c.code.in_({v.code for _, v in items})),
+            resource_type, permission, T.c.resource_id)
         for code, system, rid in self.session.execute(stmt):
             rows.setdefault(code, []).append((system, rid))
         return {query: list(dict.fromkeys(rid for system, rid in rows.get(value.code, ())
                                           if token_matches(system, value.code, value)))
                 for query, value in items}
+
+    def _confine(self, stmt: Select[Any], resource_type: str, permission: str, col: Any = None) -> Select[Any]:
+        """``stmt`` (selecting resource ids first) limited to what the caller may ``permission``."""
+        access = self.ctx.access
+        visible = access.restriction(resource_type, permission) if access is not None else None
+        if visible is None:
+            return stmt
+        return stmt.where((col if col is not None else stmt.selected_columns[0]).in_(visible))
 
     def _criteria(self, resource_type: str, query: str) -> Select[Any]:
         return self._statement(resource_type, self._parse_criteria(resource_type, query))
@@ -225,8 +249,14 @@ class Repository:
             where.append(ResourceVersion.resource_type == resource_type)
         if resource_id is not None:
             where.append(ResourceVersion.id == resource_id)
-            if self._current(resource_type or "", resource_id) is None:
+            current = self._current(resource_type or "", resource_id)
+            self._check_visible(resource_type or "", resource_id, current, "r")
+            if current is None:
                 raise not_found(f"Resource {resource_type}/{resource_id} is not known")
+        elif self.ctx.access is not None and not self.ctx.access.unrestricted(resource_type or "*", "r"):
+            # Versions of resources that left the token's set (or were deleted) cannot be confined.
+            raise forbidden(f"History of {'every type' if resource_type is None else resource_type} needs a scope "
+                            "that allows reading every resource of it (system/ or user/, no query)")
         if since is not None:
             where.append(ResourceVersion.last_updated >= since)
         total = self.session.scalar(select(func.count()).select_from(ResourceVersion).where(*where)) or 0
@@ -252,12 +282,12 @@ class Repository:
         rtype = resource["resourceType"]
         if if_none_exist:
             self.lock_criteria(rtype, if_none_exist)
-            ids = self.match(rtype, if_none_exist, limit=2)
+            ids = self.match(rtype, if_none_exist, limit=2, permission="c")
             if len(ids) > 1:
                 raise precondition_failed(
                     f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
             if ids:
-                return WriteResult(self.read(rtype, ids[0]), "existing")
+                return WriteResult(self.existing(rtype, ids[0]), "existing")
         new_id = resource_id or str(uuid.uuid4())
         return WriteResult(self._write(rtype, new_id, resource, 1, "POST", previous=None), "created")
 
@@ -273,6 +303,7 @@ class Repository:
             raise invalid(f"The body's id {body_id!r} does not match the URL's id {resource_id!r}",
                           (f"{resource_type}.id",))
         current = self._current(resource_type, resource_id, for_update=True)
+        self._check_writable(resource_type, resource_id, current, "u")
         _check_if_match(current, if_match, resource_type, resource_id)
         if current is None:
             return WriteResult(self._write(resource_type, resource_id, resource, 1, method, None), "created")
@@ -288,7 +319,7 @@ class Repository:
         if not isinstance(resource, dict):
             resources.validate(resource, resource_type)  # raises: the body is not a resource
         self.lock_criteria(resource_type, query)
-        ids = self.match(resource_type, query, limit=2)
+        ids = self.match(resource_type, query, limit=2, permission="u")
         if len(ids) > 1:
             raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
         if not ids:
@@ -305,7 +336,9 @@ class Repository:
     def patch(self, resource_type: str, resource_id: str, operations: Any, *,
               if_match: str | None = None) -> WriteResult:
         """Apply a JSON Patch (RFC 6902) to the current version. https://hl7.org/fhir/R4B/http.html#patch"""
-        current = self.read(resource_type, resource_id)
+        found = self._current(resource_type, resource_id)
+        self._check_writable(resource_type, resource_id, found, "u")
+        current = self.existing(resource_type, resource_id, found)
         _check_if_match(current, if_match, resource_type, resource_id)
         if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
             raise invalid("A JSON Patch document must be a JSON array of operation objects")
@@ -326,6 +359,7 @@ class Repository:
         """Write a tombstone version; None when there was nothing (left) to delete."""
         resources.check_id(resource_id)
         current = self._current(resource_type, resource_id, for_update=True)
+        self._check_writable(resource_type, resource_id, current, "d")
         _check_if_match(current, if_match, resource_type, resource_id)
         if current is None or current.deleted:
             return None
@@ -334,10 +368,50 @@ class Repository:
 
     def conditional_delete(self, resource_type: str, query: str) -> WriteResult | None:
         """``DELETE Type?criteria``: delete the one match; 412 when several match (HAPI's default)."""
-        ids = self.match(resource_type, query, limit=2)
+        ids = self.match(resource_type, query, limit=2, permission="d")
         if len(ids) > 1:
             raise precondition_failed(f"Criteria {query!r} match more than one {resource_type}")
         return self.delete(resource_type, ids[0]) if ids else None
+
+    # -- permissions (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html) ---
+
+    def _check_visible(self, resource_type: str, resource_id: str, current: Stored | None, permission: str) -> None:
+        """404 for a resource the caller may not ``permission`` (403 when no scope allows the
+        interaction on the type at all). A deleted resource has no index rows left to confine
+        it by, so only an unrestricted caller learns that it was deleted."""
+        access = self.ctx.access
+        if access is None:
+            return
+        access.require(resource_type, permission)
+        if current is None or access.unrestricted(resource_type, permission):
+            return
+        if current.deleted or not access.visible(self.session, resource_type, [resource_id], permission):
+            raise not_found(f"Resource {resource_type}/{resource_id} is not known")
+
+    def _check_writable(self, resource_type: str, resource_id: str, current: Stored | None, permission: str) -> None:
+        """403 for a write to an existing resource outside what the caller may ``permission``."""
+        access = self.ctx.access
+        if access is None:
+            return
+        access.require(resource_type, permission)
+        if current is None or current.deleted or access.unrestricted(resource_type, permission):
+            return
+        if not access.visible(self.session, resource_type, [resource_id], permission):
+            raise forbidden(f"{resource_type}/{resource_id} lies outside what the access token may "
+                            f"{PERMISSION_NAMES[permission]}")
+
+    def _check_written(self, resource_type: str, ids: Iterable[str], permission: str) -> None:
+        """After a write, in its transaction: every written resource must lie inside what the
+        caller may ``permission`` (a patient app cannot file a record in another patient's
+        compartment); 403 otherwise, and the caller's transaction rolls the write back."""
+        access = self.ctx.access
+        if access is None or access.unrestricted(resource_type, permission):
+            return
+        wanted = set(ids)
+        outside = wanted - access.visible(self.session, resource_type, wanted, permission)
+        if outside:
+            raise forbidden(f"{resource_type}/{sorted(outside)[0]} would lie outside what the access token may "
+                            f"{PERMISSION_NAMES[permission]} (for a patient/ scope: the patient's compartment)")
 
     # -- internals -----------------------------------------------------------------------
 
@@ -383,13 +457,16 @@ class Repository:
             meta = dict(content.get("meta") or {})
             meta["versionId"] = str(version_id)
             meta["lastUpdated"] = instant(now)
-            if self.ctx.source and "source" not in meta:
+            if self.ctx.organization:
+                meta["source"] = self.ctx.organization  # a hospital system cannot write as another
+            elif self.ctx.source and "source" not in meta:
                 meta["source"] = self.ctx.source
             content["meta"] = meta
         deleted = resource is None
         values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
         if previous is None and self._pending is not None:
             self._pending.add(resource_type, resource_id, method, values, content)
+            self._pending_ids.setdefault(resource_type, []).append(resource_id)
             return Stored(resource_type, resource_id, version_id, now, deleted, content, method, None)
         try:
             if previous is None:
@@ -409,6 +486,8 @@ class Repository:
             raise conflict(f"{resource_type}/{resource_id} was written by another request at the same "
                            "time; retry") from None
         store.write_index(self.session, resource_type, resource_id, content, replace=previous is not None)
+        if content is not None:
+            self._check_written(resource_type, [resource_id], "c" if previous is None or previous.deleted else "u")
         return Stored(resource_type, resource_id, version_id, now, deleted, content, method, pk)
 
     @contextmanager
@@ -425,8 +504,11 @@ class Repository:
         than COPY, and on a busy 2-core machine there is no idle core to overlap with."""
         try:
             self._pending = _Pending(self.session)
+            self._pending_ids = {}
             yield
             self._pending.send()
+            for rtype, ids in self._pending_ids.items():
+                self._check_written(rtype, ids, "c")
         except IntegrityError:
             raise conflict("A resource of this request was written by another request at the same time; "
                            "retry") from None
@@ -507,8 +589,8 @@ def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: 
     def strip(doc: dict[str, Any]) -> dict[str, Any]:
         out = dict(doc)
         meta = {k: v for k, v in (out.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        if ctx.source and meta.get("source") == ctx.source:
-            meta.pop("source")
+        if ctx.organization or (ctx.source and meta.get("source") == ctx.source):
+            meta.pop("source", None)
         out.pop("meta", None)
         if meta:
             out["meta"] = meta

@@ -6,7 +6,7 @@ import io
 import orjson
 import pytest
 
-from tests.conftest import FHIR_JSON, post_json, put_json
+from tests.conftest import FHIR_JSON, authorized, post_json, put_json
 
 
 def assert_outcome(resp, status, code=None):
@@ -104,7 +104,7 @@ def test_invalid_resource_names_the_element(client, db_counts):
 
 def test_body_too_large(make_app, db_counts):
     app = make_app(max_body=1024)
-    client = app.test_client()
+    client = authorized(app)
     before = db_counts()
     big = {"resourceType": "Patient", "name": [{"text": "x" * 4000}]}
     assert_outcome(post_json(client, "/fhir/Patient", big), 413)
@@ -195,7 +195,7 @@ def test_unexpected_errors_are_500_without_trace(make_app, monkeypatch):
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(repository.Repository, "read", boom)
-    resp = app.test_client().get("/fhir/Patient/x")
+    resp = authorized(app).get("/fhir/Patient/x")
     body = assert_outcome(resp, 500)
     assert "secret" not in resp.data.decode()
     assert body["issue"][0]["code"] == "exception"

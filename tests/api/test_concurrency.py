@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
-HEADERS = {"Content-Type": "application/fhir+json"}
+from tests.conftest import issue_token
 
 
-def test_if_match_lets_exactly_one_of_many_racing_updates_win(live_server):
+@pytest.fixture
+def HEADERS(app):
+    return {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {issue_token(app)}"}
+
+
+def test_if_match_lets_exactly_one_of_many_racing_updates_win(live_server, HEADERS):
     pid = requests.post(f"{live_server}/Patient", json={"resourceType": "Patient"}, headers=HEADERS,
                         timeout=30).json()["id"]
 
@@ -21,11 +27,11 @@ def test_if_match_lets_exactly_one_of_many_racing_updates_win(live_server):
         statuses = list(pool.map(update, range(8)))
     assert statuses.count(200) == 1, statuses
     assert set(statuses) <= {200, 409, 412}
-    history = requests.get(f"{live_server}/Patient/{pid}/_history", timeout=30).json()
+    history = requests.get(f"{live_server}/Patient/{pid}/_history", timeout=30, headers=HEADERS).json()
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
 
 
-def test_racing_conditional_creates_make_one_resource(live_server):
+def test_racing_conditional_creates_make_one_resource(live_server, HEADERS):
     def create(_: int) -> int:
         return requests.post(f"{live_server}/Patient", timeout=30,
                              json={"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "1"}]},
@@ -34,4 +40,5 @@ def test_racing_conditional_creates_make_one_resource(live_server):
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(create, range(8)))
     assert statuses.count(201) == 1, statuses
-    assert requests.get(f"{live_server}/Patient?identifier=urn:race|1", timeout=30).json()["total"] == 1
+    assert requests.get(f"{live_server}/Patient?identifier=urn:race|1", timeout=30,
+                        headers=HEADERS).json()["total"] == 1

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from healthhub import create_app
-from tests.conftest import DATA, _clean, load_json, post_json
+from tests.conftest import DATA, _clean, authorized, load_json, post_json
 
 FILES = ["Abdul_Koepp_e925b0f3-8006-43f6-aa31-94bd215e55e7.json",
          "Antonio_Runolfsson_a1795152-808d-4cb9-b259-ce6e3716dedf.json"]
@@ -43,7 +43,7 @@ class Corpus:
 @pytest.fixture(scope="module")
 def env(base_config):
     app = create_app(replace(base_config))
-    client = app.test_client()
+    client = authorized(app)
     corpus = Corpus(client)
     yield client, corpus
     _clean(app)

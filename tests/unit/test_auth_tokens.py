@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -14,6 +12,7 @@ from joserfc.jwk import RSAKey
 
 from healthhub.auth.keys import RETIRED_FOR, KeyRing
 from healthhub.auth.tokens import InvalidToken, TokenService
+from tests.forge import b64, hs256, unsigned
 
 ISS = "https://hub.test"
 AUD = "https://hub.test/fhir"
@@ -27,10 +26,6 @@ def ring(tmp_path):
 @pytest.fixture
 def service(ring):
     return TokenService(ring, ISS, AUD)
-
-
-def _b64(data: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
 def test_key_file_is_created_private_and_stable(ring, tmp_path):
@@ -59,16 +54,11 @@ def test_refusals(service, ring):
     good = service.issue(client_id="app", subject="alice", scope="system/*.rs")
     head, body, sig = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(body + "=="))
-    forged = ".".join([head, _b64({**claims, "scope": "system/*.cruds"}), sig])
+    forged = ".".join([head, b64({**claims, "scope": "system/*.cruds"}), sig])
     other_key = RSAKey.generate_key(2048)
     foreign = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": ring.kid}, claims, other_key)
-    # HS256 with the public key as the secret: the algorithm-confusion attack
-    public_pem = ring.current().as_pem(private=False)
-    signing_input = f"{_b64({'alg': 'HS256', 'typ': 'at+jwt', 'kid': ring.kid})}.{body}"
-    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
-    confused = signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-    unsigned = ".".join([_b64({"alg": "none", "typ": "at+jwt"}), body, ""])
-    for bad in (forged, foreign, confused, unsigned, "", "garbage", "a.b.c", "x" * 9000, good + "x"):
+    confused = hs256(ring.current().as_pem(private=False), {"typ": "at+jwt", "kid": ring.kid}, body)
+    for bad in (forged, foreign, confused, unsigned({"typ": "at+jwt"}, body), "", "garbage", "a.b.c", "x" * 9000, good + "x"):
         with pytest.raises(InvalidToken):
             service.verify(bad)
 
