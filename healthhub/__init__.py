@@ -12,6 +12,7 @@ def create_app(config: Any = None) -> Any:
 
     from . import errors
     from .api import auth as auth_api
+    from .api import authorize as authorize_api
     from .api import fhir as fhir_api
     from .auth import service as auth_service
     from .config import Config
@@ -28,6 +29,7 @@ def create_app(config: Any = None) -> Any:
     load_operations()  # fail at start-up when an operation and its definition do not pair up
     auth_service.init_app(app, cfg, db)
     auth_api.init_app(app)
+    authorize_api.init_app(app)
     fhir_api.init_app(app)
     errors.init_app(app)
     return app

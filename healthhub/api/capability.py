@@ -74,6 +74,7 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "HealthHub FHIR R4B REST API",
+        "security": _security(base_url.removesuffix("/fhir")),
         "resource": resource_entries,
         "interaction": [{"code": c} for c in sorted(SYSTEM_INTERACTIONS)],
     }
@@ -91,4 +92,19 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [rest],
+    }
+
+
+def _security(root: str) -> dict[str, Any]:
+    """SMART on FHIR: the service code and the OAuth endpoints, in the extension older SMART
+    clients (fhirclient) read (https://hl7.org/fhir/smart-app-launch/conformance.html)."""
+    uris = {"authorize": "authorize", "token": "token", "introspect": "introspect", "revoke": "revoke"}
+    return {
+        "cors": True,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}],
+                     "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)"}],
+        "description": f"SMART App Launch 2.x and Backend Services; discovery at {root}/.well-known/smart-configuration",
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": name, "valueUri": f"{root}/auth/{path}"} for name, path in uris.items()]}],
     }

@@ -18,7 +18,7 @@ AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "none"]
 #: https://hl7.org/fhir/smart-app-launch/conformance.html#capabilities
 CAPABILITIES = [
     "launch-standalone", "client-public", "client-confidential-symmetric", "client-confidential-asymmetric",
-    "context-standalone-patient", "context-passthrough-banner", "context-passthrough-style",
+    "context-standalone-patient", "context-passthrough-banner",
     "permission-offline", "permission-online", "permission-patient", "permission-user", "permission-v1",
     "permission-v2", "sso-openid-connect",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Boolean, DateTime, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..storage.models import Base, JsonDocument
+from ..storage.models import Base, BigIntKey, JsonDocument
 
 
 class OAuthClient(Base):
@@ -117,3 +117,15 @@ class RefreshToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     #: The access token issued together with this refresh token (revoked with the family).
     access_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class LoginFailure(Base):
+    """A failed password at the login page: recent rows per user and per address throttle
+    guessing (shared by every web process)."""
+
+    __tablename__ = "oauth_login_failures"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    address: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -9,6 +9,7 @@ from flask import Flask, current_app
 
 from ..config import Config
 from ..db import Database
+from .code_flow import S256Only, SmartCodeGrant, SmartRefreshGrant, UserTokens
 from .keys import KeyRing
 from .revocation import RevocationList
 from .server import build_server
@@ -38,7 +39,12 @@ def init_app(app: Flask, config: Config, db: Database) -> AuthService:
         revocations.revoke(session(), jti, expires_at)
 
     service = AuthService(config, keys, tokens, revocations, None)
-    service.server = build_server(app, tokens, service.token_url, revoke_access)
+    server = build_server(app, tokens, service.token_url, revoke_access)
+    server.user_tokens = UserTokens(tokens, config.fhir_base)
+    server.revoke_access = revoke_access
+    server.register_grant(SmartCodeGrant, [S256Only(required=True)])
+    server.register_grant(SmartRefreshGrant)
+    service.server = server
     app.extensions["healthhub.auth"] = service
     return service
 

@@ -78,11 +78,12 @@ class TokenService:
         self.now = now
 
     def issue(self, *, client_id: str, subject: str, scope: str, patient: str | None = None,
-              fhir_user: str | None = None, lifetime: int = LIFETIME, extra: dict[str, Any] | None = None) -> str:
+              fhir_user: str | None = None, lifetime: int = LIFETIME, extra: dict[str, Any] | None = None,
+              jti: str | None = None) -> str:
         iat = int(self.now())
         claims: dict[str, Any] = {
             "iss": self.issuer, "aud": self.audience, "sub": subject, "client_id": client_id,
-            "scope": scope, "jti": uuid.uuid4().hex, "iat": iat, "exp": iat + lifetime,
+            "scope": scope, "jti": jti or uuid.uuid4().hex, "iat": iat, "exp": iat + lifetime,
         }
         if patient:
             claims["patient"] = patient
@@ -92,6 +93,21 @@ class TokenService:
             claims.update(extra)
         key = self.keys.current()
         return jwt.encode({"alg": ALG, "typ": "at+jwt", "kid": key.thumbprint()}, claims, key, algorithms=[ALG])
+
+    def id_token(self, *, client_id: str, subject: str, auth_time: int, nonce: str | None = None,
+                 fhir_user: str | None = None, lifetime: int = LIFETIME) -> str:
+        """An OpenID Connect ID token for the app (``aud`` is the client; ``fhirUser`` the user's
+        FHIR resource URL, as SMART's ``fhirUser`` scope asks).
+        https://openid.net/specs/openid-connect-core-1_0.html#IDToken"""
+        iat = int(self.now())
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": subject, "aud": client_id, "iat": iat,
+                                  "exp": iat + lifetime, "auth_time": auth_time}
+        if nonce:
+            claims["nonce"] = nonce
+        if fhir_user:
+            claims["fhirUser"] = fhir_user
+        key = self.keys.current()
+        return jwt.encode({"alg": ALG, "typ": "JWT", "kid": key.thumbprint()}, claims, key, algorithms=[ALG])
 
     def verify(self, token: str) -> AccessToken:
         """The token's claims, or InvalidToken saying why not."""

@@ -1,4 +1,4 @@
-"""oauth server state: revoked tokens, assertion jtis, authorization codes, refresh tokens
+"""oauth server state: revoked tokens, assertion jtis, authorization codes, refresh tokens, login failures
 
 Revision ID: 0005
 Revises: 0004
@@ -69,9 +69,19 @@ def upgrade() -> None:
         sa.Column('access_jti', sa.String(length=64), nullable=True),
     )
     op.create_index('ix_oauth_refresh_tokens_family', 'oauth_refresh_tokens', ['family'])
+    op.create_table(
+        'oauth_login_failures',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), primary_key=True, autoincrement=True),
+        sa.Column('username', sa.String(length=128), nullable=False),
+        sa.Column('address', sa.String(length=64), nullable=False),
+        sa.Column('at', Instant, nullable=False),
+    )
+    op.create_index('ix_oauth_login_failures_username', 'oauth_login_failures', ['username'])
+    op.create_index('ix_oauth_login_failures_address', 'oauth_login_failures', ['address'])
 
 
 def downgrade() -> None:
+    op.drop_table('oauth_login_failures')
     op.drop_table('oauth_refresh_tokens')
     op.drop_table('oauth_authorization_codes')
     op.drop_table('oauth_assertion_jtis')
