@@ -287,3 +287,43 @@ def user_create(username: str, password: str, role: str, practitioner: str | Non
     finally:
         database.dispose()
     click.echo(orjson.dumps({k: v for k, v in out.items() if v is not None}).decode())
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit trail (CONTRACT §9)."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Walk the audit chain; exit non-zero naming the first record that was edited, removed or moved."""
+    from .audit.chain import verify
+
+    database = _database(_config())
+    try:
+        with database.sessionmaker() as session:
+            verdict = verify(session)
+    finally:
+        database.dispose()
+    if verdict.broken_at is not None:
+        raise click.ClickException(f"audit chain broken at AuditEvent/{verdict.broken_at}: {verdict.reason} "
+                                   f"({verdict.records} records before it verify)")
+    click.echo(f"audit chain intact: {verdict.records} records, head {verdict.head}")
+
+
+@main.group()
+def keys() -> None:
+    """The key that signs access and ID tokens (HEALTHHUB_SIGNING_KEY)."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Sign new tokens with a new key; the old key keeps verifying until its tokens have expired."""
+    from .auth.keys import RETIRED_FOR, KeyRing
+
+    cfg = _config()
+    ring = KeyRing(cfg.signing_key)
+    old = ring.kid
+    new = ring.rotate()
+    click.echo(f"new signing key {new}; {old} retired (still verifies for {RETIRED_FOR // 3600} h). "
+               "Running web processes sign with the new key within a minute.")

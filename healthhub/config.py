@@ -21,6 +21,8 @@ class Config:
     min_cell: int = 11
     export_dir: str = "instance/exports"
     max_body: int = 50 * 1024 * 1024
+    #: The audit trail (CONTRACT §9). Off only to measure what it costs (``make bench``).
+    audit: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -34,6 +36,7 @@ class Config:
             min_cell=_int(env, "HEALTHHUB_MIN_CELL", d.min_cell),
             export_dir=env.get("HEALTHHUB_EXPORT_DIR", d.export_dir),
             max_body=_int(env, "HEALTHHUB_MAX_BODY", d.max_body),
+            audit=_flag(env, "HEALTHHUB_AUDIT", d.audit),
         )
         return replace(cfg, **overrides) if overrides else cfg
 
@@ -54,3 +57,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "on", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be on or off, got {raw!r}")

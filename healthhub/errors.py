@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, g
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -35,6 +35,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(FhirError)
     def _fhir_error(exc: FhirError) -> Response:
+        if exc.issues:
+            g.audit_detail = exc.issues[0].diagnostics  # for the audit record of the failure
         return outcome_response(exc.status, exc.issues, exc.headers)
 
     @app.errorhandler(HTTPException)

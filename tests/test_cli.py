@@ -4,20 +4,11 @@ from __future__ import annotations
 from collections import Counter
 
 import orjson
-import pytest
 from click.testing import CliRunner
 
 from healthhub.cli import main
 from healthhub.demo import DEMO_DIR
 from tests.conftest import DATA, load_json
-
-
-@pytest.fixture
-def cli(app, base_config, monkeypatch):
-    monkeypatch.setenv("HEALTHHUB_DATABASE_URL", base_config.database_url)
-    monkeypatch.setenv("HEALTHHUB_BASE_URL", base_config.base_url)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
 
 
 def total(client, rtype):

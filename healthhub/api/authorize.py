@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, g, render_template, r
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
+from ..audit.events import Happening, record
 from ..auth.code_flow import Approval, ceiling
 from ..auth.login import LoginRefused, sign_in
 from ..auth.models import User
@@ -79,11 +80,13 @@ def _authorize(session: Session) -> Response:
         return _page("auth/error.html", 400, error="The form expired or did not come from this server.")
     step = request.form.get("step", "")
     if step == "login":
+        username = request.form.get("username", "")
         try:
-            user = sign_in(session, request.form.get("username", ""), request.form.get("password", ""),
-                           request.remote_addr or "unknown")
+            user = sign_in(session, username, request.form.get("password", ""), request.remote_addr or "unknown")
         except LoginRefused as refused:
-            return _login_page(client, params, refused.message, refused.status, request.form.get("username", ""))
+            _audit_sign_in(session, client, username, refused.status, refused.message)
+            return _login_page(client, params, refused.message, refused.status, username)
+        _audit_sign_in(session, client, user.username, 200)
         return _consent_page(session, client, user, params, _serializer().dumps(
             {"u": user.username, "t": int(utcnow().timestamp())}))
     ticket = request.form.get("ticket", "")
@@ -117,6 +120,13 @@ def _decide(session: Session, grant: Any, client: Client, user: User, params: di
             return _consent_page(session, client, user, params, ticket, "Choose the patient the app will work on.")
     approval = Approval(user, scope, patient, datetime.fromtimestamp(auth_time, tz=UTC))
     return server.create_authorization_response(grant=grant, grant_user=approval)
+
+
+def _audit_sign_in(session: Session, client: Client, username: str, status: int, detail: str | None = None) -> None:
+    if current_app.config["HEALTHHUB"].audit:
+        record(session, Happening(subtype="login", action="E", status=status, description="POST /auth/authorize sign-in",
+                                  client_id=client.get_client_id(), username=username[:128] or None,
+                                  address=request.remote_addr, detail=detail), utcnow())
 
 
 # -- pages ---------------------------------------------------------------------------------------

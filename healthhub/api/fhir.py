@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from .. import resources
+from ..audit import search as audit_search
 from ..auth.access import Access
 from ..auth.bearer import authenticate
 from ..auth.service import auth_service
@@ -23,7 +24,7 @@ from ..context import RequestContext
 from ..db import Database
 from ..operations import OperationCall
 from ..operations import load as load_operations
-from ..outcome import FhirError, Issue, information, invalid, not_found, not_supported
+from ..outcome import FhirError, Issue, forbidden, information, invalid, not_found, not_supported
 from ..search.compartment import in_compartment
 from ..search.engine import Engine
 from ..search.parser import parse
@@ -31,7 +32,7 @@ from ..search.registry import default_registry
 from ..search.searchset import searchset
 from ..storage.bundle import BundleProcessor
 from ..storage.repository import Repository, Stored, WriteResult, parse_etag
-from . import http
+from . import audit_hooks, http
 from .capability import capability_statement, supports
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -71,7 +72,12 @@ def unit_of_work() -> Iterator[Repository]:
     """One repository in one database transaction for this request (commit on success)."""
     db: Database = current_app.extensions["healthhub.db"]
     with db.transaction() as session:
-        yield Repository(session, _request_context())
+        repo = Repository(session, _request_context())
+        yield repo
+        audit_hooks.record_success(session, repo)  # in the same transaction as the change
+
+
+bp.after_request(audit_hooks.record_failure)
 
 
 def _type(name: str) -> str:
@@ -97,6 +103,8 @@ def system_search() -> Response:
 @supports("transaction", "batch")
 def bundle() -> Response:
     body = http.read_json()
+    if isinstance(body, dict) and body.get("type") in ("transaction", "batch"):
+        g.audit_subtype = body["type"]
     with unit_of_work() as repo:
         processor = BundleProcessor(repo, _config().fhir_base, http.prefer_return() == "representation")
         result = processor.process(body)
@@ -119,6 +127,8 @@ def type_level(rtype: str) -> Response:
     if rtype in ("metadata", "_history"):  # system endpoints that only answer GET
         raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
     rtype = _type(rtype)
+    if rtype == "AuditEvent":
+        return _audit_events(None)
     if request.method in ("GET", "HEAD"):
         return _search(rtype, list(request.args.items(multi=True)))
     if request.method == "POST":
@@ -163,6 +173,8 @@ def instance(rtype: str, rid: str) -> Response:
     rtype = _type(rtype)
     if rid.startswith("$"):
         return _operation(rid[1:], "type", rtype, None)
+    if rtype == "AuditEvent":
+        return _audit_events(rid)
     if request.method == "POST":
         raise FhirError(405, [Issue("error", "not-supported", "POST to an instance is not an interaction; "
                                     "use PUT to update or POST to the type to create")])
@@ -304,6 +316,26 @@ def _search(rtype: str, pairs: list[tuple[str, str]]) -> Response:
     with unit_of_work() as repo:
         result = Engine(repo.session, registry, utcnow(), repo.ctx.access).search(req)
     return http.fhir_response(searchset(req, result, f"{base}/{rtype}", pairs, base))
+
+
+def _audit_events(audit_id: str | None) -> Response:
+    """The audit trail, read-only, for tokens with a scope that names AuditEvent itself (an
+    administrator's ``user/AuditEvent.rs``, or a registered ``system/AuditEvent.rs`` backend);
+    ``*`` scopes do not reach it."""
+    if request.method not in ("GET", "HEAD"):
+        raise FhirError(405, [Issue("error", "not-supported", "The audit trail is written by the hub only")])
+    token: AccessToken = g.access_token
+    permission = "r" if audit_id is not None else "s"
+    if not any(s.resource_type == "AuditEvent" and permission in s.permissions and s.context != "patient"
+               for s in token.grant.resource_scopes):
+        raise forbidden("Reading the audit trail needs a scope naming AuditEvent (user/AuditEvent.rs, "
+                        "given to administrators)")
+    base = _config().fhir_base
+    with unit_of_work() as repo:
+        if audit_id is not None:
+            return http.fhir_response(audit_search.read(repo.session, audit_id))
+        return http.fhir_response(audit_search.search(repo.session, list(request.args.items(multi=True)),
+                                                      f"{base}/AuditEvent"))
 
 
 def _compartment_search(patient_id: str, rtype: str) -> Response:

@@ -38,14 +38,15 @@ class KeyRing:
         self._current: RSAKey | None = None
         self._public: dict[str, RSAKey] = {}
         self._loaded_at = 0.0
+        self._inode = -1
 
     # -- signing -----------------------------------------------------------------------------
 
     def current(self) -> RSAKey:
         """The key new tokens are signed with (created when missing)."""
         with self._lock:
-            if self._current is None:
-                self._load()
+            if self._current is None or (time.monotonic() - self._loaded_at > RELOAD_EVERY and self._replaced()):
+                self._load()  # first use, or `healthhub keys rotate` ran (in any process)
             assert self._current is not None
             return self._current
 
@@ -93,8 +94,15 @@ class KeyRing:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _replaced(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
     def _load(self) -> None:
         current = _read_or_create(self.path)
+        self._inode = os.stat(self.path).st_ino
         public = {current.thumbprint(): _public(current)}
         if self.retired_dir.is_dir():
             now = time.time()

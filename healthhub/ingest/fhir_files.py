@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from ..audit.events import Happening, record
+from ..clock import utcnow
 from ..context import RequestContext
 from ..db import Database
 from ..jsonio import parse_json
@@ -67,12 +71,23 @@ def ingest_file(db: Database, path: Path, ctx: RequestContext, summary: Summary,
     try:
         doc = parse_json(data)
         with db.transaction() as session:
-            summary.outcomes.update(apply_document(Repository(session, ctx), doc, db.config.fhir_base,
-                                                   summary.errors, str(path)))
+            repo = Repository(session, ctx)
+            summary.outcomes.update(apply_document(repo, doc, db.config.fhir_base, summary.errors, str(path)))
+            _audit(db, session, ctx, f"ingest {path}", repo.touched)
     except FhirError as err:
         summary.outcomes["failed"] += 1
         summary.errors.append(f"{path}: {_describe(err)}")
+        with db.transaction() as session:
+            _audit(db, session, ctx, f"ingest {path}", [], err.status, _describe(err))
     progress(len(data))
+
+
+def _audit(db: Database, session: Session, ctx: RequestContext, what: str, touched: list[str], status: int = 200,
+           detail: str | None = None) -> None:
+    """The ingest's audit record, in the transaction of what it stored (CONTRACT §9)."""
+    if db.config.audit:
+        record(session, Happening(subtype="ingest", action="C", status=status, description=what[:1000],
+                                  username=ctx.actor, entities=touched, detail=detail), utcnow())
 
 
 def apply_document(repo: Repository, doc: Any, base_url: str, errors: list[str], where: str) -> Counter[str]:
@@ -127,6 +142,7 @@ def _ingest_ndjson(db: Database, path: Path, ctx: RequestContext, summary: Summa
                     except FhirError as err:
                         summary.outcomes["failed"] += 1
                         summary.errors.append(f"{path}:{number}: {_describe(err)}")
+                _audit(db, session, ctx, f"ingest {path} lines {chunk[0][0]}-{chunk[-1][0]}", repo.touched)
 
 
 def _take(it: Iterator[Any], n: int) -> Iterator[Any]:

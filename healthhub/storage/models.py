@@ -183,5 +183,6 @@ class AppState(Base):
     value: Mapped[str] = mapped_column(Text, nullable=False)
 
 
-# The authorization server's tables share this metadata: one schema, one Alembic history.
+# The authorization server's and the audit trail's tables share this metadata: one schema, one Alembic history.
+from ..audit import models as _audit_models  # noqa: E402,F401
 from ..auth import models as _auth_models  # noqa: E402,F401

@@ -89,6 +89,8 @@ class Repository:
         self.clock = clock
         self._pending: _Pending | None = None
         self._pending_ids: dict[str, list[str]] = {}
+        #: ``Type/id`` of every resource read or written (the audit record's entities).
+        self.touched: list[str] = []
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -96,7 +98,9 @@ class Repository:
         """Current version; 404 when unknown (or not visible to the caller), 410 when deleted."""
         current = self._current(resource_type, resource_id)
         self._check_visible(resource_type, resource_id, current, "r")
-        return self.existing(resource_type, resource_id, current)
+        found = self.existing(resource_type, resource_id, current)
+        self.touched.append(f"{resource_type}/{resource_id}")
+        return found
 
     def existing(self, resource_type: str, resource_id: str, current: Stored | None = None) -> Stored:
         """The current version without a permission check (the caller made it: a conditional
@@ -128,6 +132,7 @@ class Repository:
         stored = _from_version(row)
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        self.touched.append(f"{resource_type}/{resource_id}/_history/{version_id}")
         return stored
 
     def match(self, resource_type: str, query: str, limit: int | None = None, permission: str = "s") -> list[str]:
@@ -287,6 +292,7 @@ class Repository:
                 raise precondition_failed(
                     f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
             if ids:
+                self.touched.append(f"{rtype}/{ids[0]}")
                 return WriteResult(self.existing(rtype, ids[0]), "existing")
         new_id = resource_id or str(uuid.uuid4())
         return WriteResult(self._write(rtype, new_id, resource, 1, "POST", previous=None), "created")
@@ -463,6 +469,7 @@ class Repository:
                 meta["source"] = self.ctx.source
             content["meta"] = meta
         deleted = resource is None
+        self.touched.append(f"{resource_type}/{resource_id}")
         values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
         if previous is None and self._pending is not None:
             self._pending.add(resource_type, resource_id, method, values, content)

@@ -5,21 +5,11 @@ import hashlib
 
 import orjson
 import pytest
-from click.testing import CliRunner
 from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
 from healthhub.auth.models import OAuthClient, User
-from healthhub.cli import main
-
-
-@pytest.fixture
-def cli(app, base_config, monkeypatch):
-    monkeypatch.setenv("HEALTHHUB_DATABASE_URL", base_config.database_url)
-    monkeypatch.setenv("HEALTHHUB_BASE_URL", base_config.base_url)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args))
 
 
 @pytest.fixture
