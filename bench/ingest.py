@@ -40,6 +40,7 @@ from healthhub.config import Config
 from healthhub.search import store
 from healthhub.search.registry import default_registry
 
+from .access import KEY_FILE, bearer
 from .corpus import Copy, Corpus, LoadedBundle, locations
 from .database import BenchDatabase
 
@@ -154,6 +155,13 @@ class IngestResult:
 
 # -- warm-up ----------------------------------------------------------------------------------
 
+def authorized(app: Any) -> Any:
+    """An in-process test client with a bearer token for ``BASE_URL``."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = bearer(BASE_URL)
+    return client
+
+
 def warm_up(corpus: Corpus, client: Any) -> None:
     """Load what is loaded once per process, outside the timings: the R4B model of every resource
     type in the corpus (both paths use them), the search-parameter registry and the index plans of
@@ -216,8 +224,8 @@ def run_hub(db: BenchDatabase, corpus: Corpus, items: list[Item]
             ) -> tuple[dict[str, PathTiming], list[dict[str, Any]], Counter[str]]:
     """The hub path over ``items`` with a new app (new connections); returns the timings, the
     response Bundles (in order) and the count of entry statuses."""
-    app = create_app(Config(database_url=db.url, base_url=BASE_URL))
-    client = app.test_client()
+    app = create_app(Config(database_url=db.url, base_url=BASE_URL, signing_key=str(KEY_FILE)))
+    client = authorized(app)
     timings = _timings()
     responses: list[dict[str, Any]] = []
     outcomes: Counter[str] = Counter()
@@ -249,11 +257,11 @@ def run_hub(db: BenchDatabase, corpus: Corpus, items: list[Item]
 
 def ingest_corpus(db: BenchDatabase, corpus: Corpus, log: Log) -> tuple[IngestResult, list[LoadedBundle]]:
     """Pass 1: the corpus into the empty database; also returns what each Bundle created."""
-    app = create_app(Config(database_url=db.url, base_url=BASE_URL))
+    app = create_app(Config(database_url=db.url, base_url=BASE_URL, signing_key=str(KEY_FILE)))
     try:
         log("  warm-up (models, registry, index plans) …")
         t0 = time.perf_counter()
-        warm_up(corpus, app.test_client())
+        warm_up(corpus, authorized(app))
         log(f"  warm-up took {time.perf_counter() - t0:.1f} s (not timed)")
     finally:
         app.extensions["healthhub.db"].dispose()

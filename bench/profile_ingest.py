@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from bench import corpus as corpus_mod  # noqa: E402
+from bench.access import KEY_FILE  # noqa: E402
 from bench.database import DEFAULT_POSTGRES_URL, bench_database  # noqa: E402
-from bench.ingest import BASE_URL, FHIR_JSON, ingest_corpus, warm_up  # noqa: E402
+from bench.ingest import BASE_URL, FHIR_JSON, authorized, ingest_corpus, warm_up  # noqa: E402
 from healthhub import create_app  # noqa: E402
 from healthhub.config import Config  # noqa: E402
 
@@ -52,8 +53,8 @@ def main() -> int:
         factory = corpus_mod.CopyFactory(style, corpus_mod.pinned_references(loaded))
         copies = [next(factory) for _ in range(args.copies)]
         db.analyze()
-        app = create_app(Config(database_url=db.url, base_url=BASE_URL))
-        client = app.test_client()
+        app = create_app(Config(database_url=db.url, base_url=BASE_URL, signing_key=str(KEY_FILE)))
+        client = authorized(app)
         try:
             warm_up(corpus, client)
             profile = cProfile.Profile()

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import orjson  # noqa: E402
 
+from bench import access  # noqa: E402
 from bench import corpus as corpus_mod  # noqa: E402
 from bench.database import DEFAULT_POSTGRES_URL, BenchDatabase, bench_database  # noqa: E402
 from bench.explain import Explained, explain_search  # noqa: E402
@@ -56,6 +57,7 @@ INGEST_MIN_RATIO = 0.5
 INGEST_MIN_RATE = 1000.0
 P99_MAX_GROWTH = 3.0
 READ_P50_MAX_MS = 5.0
+AUDIT_MAX_OVERHEAD = 0.25
 
 
 def log(msg: str) -> None:
@@ -119,6 +121,7 @@ def run_database(kind: str, args: argparse.Namespace, corpus: corpus_mod.Corpus)
             for i, target in enumerate(args.scales):
                 scales.append(run_scale(db, server, target, copies, pools, searches, args))
                 if i == 0:
+                    scales[0]["audit"] = audit_overhead(db, server, server_log, args)
                     # (a) pass 2, after the smallest scale is measured at the corpus size: one copy
                     # of every patient Bundle, in-process on new connections.
                     log("(a) ingest, pass 2")
@@ -164,6 +167,29 @@ def run_scale(db: BenchDatabase, server: HubServer, target: int, copies: corpus_
             "queries": {s.name: s.as_json() for s in stats}, "explain": [e.as_json() for e in explained]}
 
 
+def audit_overhead(db: BenchDatabase, server: HubServer, server_log: Path, args: argparse.Namespace
+                   ) -> dict[str, Any]:
+    """Read-by-id throughput with the audit trail on (the main server) and off (a second server
+    on the same database), measured alternately, twice each, so drift hits both alike."""
+    ids = sample_read_ids(db, 1000, args.seed + 1)
+    query = read_query(ids, args.requests, args.seed + 1)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    p50: dict[str, list[float]] = {"on": [], "off": []}
+    with HubServer(db.url, server_log, args.workers, audit=False) as quiet:
+        for _ in range(2):
+            for label, hub in (("on", server), ("off", quiet)):
+                s = run_query(hub.base, query, args.clients)
+                rates[label].append(s.rps_concurrent)
+                p50[label].append(s.p50_ms)
+    on, off = sum(rates["on"]) / 2, sum(rates["off"]) / 2
+    overhead = 1 - on / off
+    log(f"   audit trail: read-by-id {on:,.0f} req/s on, {off:,.0f} req/s off ({args.clients} clients): "
+        f"overhead {overhead:.1%} (p50 {min(p50['on']):.1f} vs {min(p50['off']):.1f} ms)")
+    return {"rps_on": round(on, 1), "rps_off": round(off, 1), "overhead": round(overhead, 3),
+            "p50_ms_on": round(min(p50["on"]), 2), "p50_ms_off": round(min(p50["off"]), 2),
+            "runs": {"on": rates["on"], "off": rates["off"]}}
+
+
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
 
@@ -185,6 +211,10 @@ def targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({"db": kind, "target": f"ingest ({group}) >= {INGEST_MIN_RATE:,.0f} resources/s",
                             "value": round(rate, 1), "pass": rate >= INGEST_MIN_RATE})
         scales = run["scales"]
+        audit = scales[0].get("audit") if scales else None
+        if audit:
+            out.append({"db": kind, "target": f"audit overhead on read-by-id req/s <= {AUDIT_MAX_OVERHEAD:.0%}",
+                        "value": audit["overhead"], "pass": audit["overhead"] <= AUDIT_MAX_OVERHEAD})
         for sc in scales:
             p50 = sc["queries"]["read"]["p50_ms"]
             out.append({"db": kind, "target": f"read-by-id p50 <= {READ_P50_MAX_MS:g} ms at {sc['resources']:,}",
@@ -238,11 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{corpus.resources:,} resources; scales {args.scales}; databases {kinds}")
     started = time.perf_counter()
     runs: dict[str, dict[str, Any]] = {}
-    for kind in kinds:
-        t0 = time.perf_counter()
-        runs[kind] = run_database(kind, args, corpus)
-        runs[kind]["seconds"] = round(time.perf_counter() - t0, 1)
-        write(args.out, meta, runs, started)
+    try:
+        for kind in kinds:
+            t0 = time.perf_counter()
+            runs[kind] = run_database(kind, args, corpus)
+            runs[kind]["seconds"] = round(time.perf_counter() - t0, 1)
+            write(args.out, meta, runs, started)
+    finally:
+        access.cleanup()
     checks = targets(runs)
     write(args.out, meta, runs, started, checks)
     print_report(runs, checks)

@@ -13,6 +13,8 @@ from types import TracebackType
 
 import requests
 
+from bench.access import KEY_FILE, bearer
+from bench.workload import register_token
 from healthhub.config import PROJECT_ROOT
 
 
@@ -34,13 +36,15 @@ def healthhub_command() -> list[str]:
 class HubServer:
     """``with HubServer(url, log_path) as server: server.base`` → ``http://127.0.0.1:<port>/fhir``."""
 
-    def __init__(self, database_url: str, log_path: Path, workers: int = 2) -> None:
+    def __init__(self, database_url: str, log_path: Path, workers: int = 2, audit: bool = True) -> None:
         self.database_url = database_url
         self.log_path = log_path
         self.workers = workers
+        self.audit = audit
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self._proc: subprocess.Popen[bytes] | None = None
+        register_token(self.base, bearer(f"http://127.0.0.1:{self.port}"))
 
     def __enter__(self) -> HubServer:
         self.start()
@@ -52,7 +56,8 @@ class HubServer:
 
     def start(self, timeout: float = 90.0) -> None:
         env = {**os.environ, "HEALTHHUB_DATABASE_URL": self.database_url,
-               "HEALTHHUB_BASE_URL": f"http://127.0.0.1:{self.port}"}
+               "HEALTHHUB_BASE_URL": f"http://127.0.0.1:{self.port}", "HEALTHHUB_SIGNING_KEY": str(KEY_FILE),
+               "HEALTHHUB_AUDIT": "on" if self.audit else "off"}
         log = self.log_path.open("ab")
         # Its own process group, so stopping it can never signal the harness.
         self._proc = subprocess.Popen(

@@ -181,6 +181,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 _local = threading.local()
+#: ``Authorization`` header per server base URL (bench/access.py).
+_TOKENS: dict[str, str] = {}
+
+
+def register_token(base: str, authorization: str) -> None:
+    _TOKENS[base] = authorization
 
 
 def _session() -> requests.Session:
@@ -194,7 +200,7 @@ def _session() -> requests.Session:
 
 def _get(base: str, url: str) -> tuple[float, int, bytes]:
     t0 = time.perf_counter()
-    resp = _session().get(f"{base}/{url}", timeout=300)
+    resp = _session().get(f"{base}/{url}", timeout=300, headers={"Authorization": _TOKENS[base]})
     return time.perf_counter() - t0, resp.status_code, resp.content
 
 
@@ -253,7 +259,8 @@ class GrowResult:
 
 def _post_copy(base: str, copy: Copy) -> int:
     resp = _session().post(base, data=copy.body, timeout=600,
-                           headers={"Content-Type": FHIR_JSON, "Prefer": "return=minimal"})
+                           headers={"Content-Type": FHIR_JSON, "Prefer": "return=minimal",
+                                    "Authorization": _TOKENS[base]})
     if resp.status_code != 200:
         raise RuntimeError(f"copy of {copy.source}: POST answered {resp.status_code}: {resp.text[:500]}")
     statuses = [(e.get("response") or {}).get("status", "") for e in resp.json().get("entry") or []]

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import jsonio
+from .audit.chain import sha256_hex
 from .config import Config
 
 
@@ -74,6 +75,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # index on SQLite: without it `name=…` walked every string of the type (sqlite.org/optoverview.html#like_opt).
     cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
+    # The audit chain's hash, computed in its INSERT … SELECT (PostgreSQL has sha256 built in).
+    dbapi_connection.create_function("hh_sha256", 1, sha256_hex, deterministic=True)
 
 
 class Database:

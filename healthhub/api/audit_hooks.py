@@ -41,7 +41,7 @@ def enabled() -> bool:
 def record_success(session: Session, repo: Repository) -> None:
     if not enabled() or g.get("audited"):
         return
-    record(session, happening(200, repo.touched), utcnow())
+    record(session, happening(200, repo.touched), utcnow(), durable=repo.wrote)
     g.audited = True
 
 

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from ..clock import instant
 from . import chain
-from .models import AuditRecord
 
 MAX_ENTITIES = 1000
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
@@ -51,21 +50,26 @@ class Happening:
         return "0" if self.status < 400 else "4" if self.status < 500 else "8"
 
 
-def record(session: Session, happening: Happening, now: datetime) -> AuditRecord:
-    entities = tuple(happening.entities[:MAX_ENTITIES]) + ((f"Patient/{happening.patient}",)
-                                                           if happening.patient else ())
+def record(session: Session, happening: Happening, now: datetime, durable: bool = True) -> tuple[int, str]:
+    """Append the record of ``happening`` (see :func:`chain.append` for ``durable``)."""
     columns = chain.Columns(recorded=now, subtype=happening.subtype[:32], action=happening.action,
                             outcome=happening.outcome, client_id=_cut(happening.client_id, 64),
                             username=_cut(happening.username, 128), address=_cut(happening.address, 64),
-                            entities=entities)
-    return chain.append(session, columns, lambda seq: to_fhir(seq, now, happening))
+                            entities=tuple(happening.entities[:MAX_ENTITIES]),
+                            patient=f"Patient/{happening.patient}"[:160] if happening.patient else None)
+    return chain.append(session, columns, to_fhir(now, happening), durable)
 
 
-def to_fhir(seq: int, now: datetime, h: Happening) -> dict[str, Any]:
+def as_resource(seq: int, content: dict[str, Any]) -> dict[str, Any]:
+    """The stored AuditEvent with its id (the record's ``seq``, part of its hash)."""
+    return {"resourceType": "AuditEvent", "id": str(seq), **{k: v for k, v in content.items() if k != "resourceType"}}
+
+
+def to_fhir(now: datetime, h: Happening) -> dict[str, Any]:
     kind = _REST if h.subtype not in _SUBTYPE_SYSTEMS else (_INGEST if h.subtype == "ingest" else _AUTH)
     system = _SUBTYPE_SYSTEMS.get(h.subtype, "http://hl7.org/fhir/restful-interaction")
     event: dict[str, Any] = {
-        "resourceType": "AuditEvent", "id": str(seq),
+        "resourceType": "AuditEvent",
         "type": kind, "subtype": [{"system": system, "code": h.subtype}],
         "action": h.action, "recorded": instant(now), "outcome": h.outcome,
         "outcomeDesc": f"HTTP {h.status}" + (f": {h.detail[:500]}" if h.detail else ""),

@@ -11,12 +11,12 @@ from ..storage.models import Base, BigIntKey, JsonDocument
 
 
 class AuditRecord(Base):
-    """An ``AuditEvent`` (``content``) and its links in the chain.
+    """An ``AuditEvent`` (``content``, whose id is ``seq``) and its links in the chain.
 
-    ``hash`` = SHA-256 of ``prev_hash`` followed by the canonical JSON of ``content`` (sorted
-    keys, no spaces), and ``content`` holds ``seq`` as the AuditEvent id, so an edited, removed or
-    reordered record breaks the chain at that point. The other columns repeat what searches
-    filter on; :class:`AuditEntity` lists the resources each record names.
+    ``hash`` = hex SHA-256 of ``"{prev_hash}:{seq}:{canonical JSON of content}"`` (sorted keys,
+    compact), so an edited, removed or reordered record breaks the chain at that point. The other
+    columns repeat what searches filter on; :class:`AuditEntity` lists further resources a
+    record names.
     """
 
     __tablename__ = "audit_events"
@@ -24,6 +24,8 @@ class AuditRecord(Base):
         Index("ix_audit_events_recorded", "recorded"),
         Index("ix_audit_events_client_id", "client_id"),
         Index("ix_audit_events_username", "username"),
+        Index("ix_audit_events_entity", "entity"),
+        Index("ix_audit_events_patient", "patient"),
     )
 
     seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=False)
@@ -37,14 +39,18 @@ class AuditRecord(Base):
     client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     username: Mapped[str | None] = mapped_column(String(128), nullable=True)
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The first resource touched (``Type/id``) and the token's patient (``Patient/id``): the
+    #: ``entity=`` search of almost every record, without a row in ``audit_entities``.
+    entity: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    patient: Mapped[str | None] = mapped_column(String(160), nullable=True)
     content: Mapped[Any] = mapped_column(JsonDocument, nullable=False)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
 
 
 class AuditEntity(Base):
-    """A resource named by an audit record (``entity=`` searches); outside the hash, which
-    covers the same references inside the record's ``content``."""
+    """The second and later resources a record names (a Bundle's), for ``entity=`` searches;
+    outside the hash, which covers the same references inside the record's ``content``."""
 
     __tablename__ = "audit_entities"
 

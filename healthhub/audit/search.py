@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..outcome import invalid, not_found
 from ..search.values import BadValue, date_range
+from .events import as_resource
 from .models import AuditEntity
 from .models import AuditRecord as A
 
@@ -28,7 +29,7 @@ def read(session: Session, audit_id: str) -> dict[str, Any]:
     record = session.get(A, int(audit_id)) if audit_id.isdigit() and len(audit_id) < 19 else None
     if record is None:
         raise not_found(f"AuditEvent/{audit_id} is not known")
-    return dict(record.content)
+    return as_resource(record.seq, record.content)
 
 
 def search(session: Session, pairs: list[tuple[str, str]], url: str) -> dict[str, Any]:
@@ -62,8 +63,8 @@ def search(session: Session, pairs: list[tuple[str, str]], url: str) -> dict[str
         links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', str(page[-1][0]))])}"})
     base = url.rsplit("/", 1)[0]
     return {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-            "entry": [{"fullUrl": f"{base}/AuditEvent/{seq}", "resource": content, "search": {"mode": "match"}}
-                      for seq, content in page]}
+            "entry": [{"fullUrl": f"{base}/AuditEvent/{seq}", "resource": as_resource(seq, content),
+                       "search": {"mode": "match"}} for seq, content in page]}
 
 
 def _condition(name: str, value: str) -> ColumnElement[bool]:
@@ -79,7 +80,8 @@ def _condition(name: str, value: str) -> ColumnElement[bool]:
     if name == "agent":
         return or_(A.client_id == value, A.username == value)
     if name == "entity":
-        return A.seq.in_(select(AuditEntity.seq).where(AuditEntity.reference == value))
+        return or_(A.entity == value, A.patient == value,
+                   A.seq.in_(select(AuditEntity.seq).where(AuditEntity.reference == value)))
     if name == "subtype":
         return A.subtype == value.rsplit("|", 1)[-1]
     if name == "action":

@@ -91,6 +91,8 @@ class Repository:
         self._pending_ids: dict[str, list[str]] = {}
         #: ``Type/id`` of every resource read or written (the audit record's entities).
         self.touched: list[str] = []
+        #: Whether anything was written (a change, whose audit record must be durable with it).
+        self.wrote = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -470,6 +472,7 @@ class Repository:
             content["meta"] = meta
         deleted = resource is None
         self.touched.append(f"{resource_type}/{resource_id}")
+        self.wrote = True
         values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
         if previous is None and self._pending is not None:
             self._pending.add(resource_type, resource_id, method, values, content)

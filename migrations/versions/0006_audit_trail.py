@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column('client_id', sa.String(length=64), nullable=True),
         sa.Column('username', sa.String(length=128), nullable=True),
         sa.Column('address', sa.String(length=64), nullable=True),
+        sa.Column('entity', sa.String(length=160), nullable=True),
+        sa.Column('patient', sa.String(length=160), nullable=True),
         sa.Column('content', JsonDocument, nullable=False),
         sa.Column('prev_hash', sa.String(length=64), nullable=False),
         sa.Column('hash', sa.String(length=64), nullable=False),
@@ -41,6 +43,8 @@ def upgrade() -> None:
     op.create_index('ix_audit_events_recorded', 'audit_events', ['recorded'])
     op.create_index('ix_audit_events_client_id', 'audit_events', ['client_id'])
     op.create_index('ix_audit_events_username', 'audit_events', ['username'])
+    op.create_index('ix_audit_events_entity', 'audit_events', ['entity'])
+    op.create_index('ix_audit_events_patient', 'audit_events', ['patient'])
     op.create_table(
         'audit_entities',
         sa.Column('reference', sa.String(length=160), primary_key=True),
