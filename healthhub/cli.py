@@ -159,15 +159,19 @@ def search_reindex(resource_type: str | None, batch_size: int, quiet: bool) -> N
 @main.command()
 @click.option("--force", is_flag=True, help="Load again even when already loaded.")
 def demo(force: bool) -> None:
-    """Seed the demo data set (idempotent)."""
+    """Seed the demo data set, users and clients (idempotent)."""
     from . import demo as demo_data
 
     cfg = _config()
     database = _database(cfg)
     try:
         counts = demo_data.load(database, force=force)
+        access = demo_data.seed_access(database)
     finally:
         database.dispose()
+    for line in access or ["demo users and clients exist already (their credentials were shown when they "
+                           "were made; `healthhub client create` and `user create` make more)"]:
+        click.echo(line)
     if counts is None:
         click.echo("demo data already loaded")
     else:

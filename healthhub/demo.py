@@ -61,3 +61,49 @@ def patients() -> list[tuple[str, str]]:
                 display = " ".join([*name.get("given", []), name.get("family", "")]).strip()
                 out.append((entry["fullUrl"][len("urn:uuid:"):], display))
     return out
+
+
+DEMO_ACCESS_KEY = "demo.access"
+DEMO_APP_REDIRECT = "http://localhost:8000/callback"
+
+
+def seed_access(db: Database) -> list[str] | None:
+    """Create the demo users and clients once; return lines to show (their credentials: shown
+    this once, since the hub keeps only hashes), or None when they exist already."""
+    import secrets
+
+    from .auth.registry import create_client, create_user
+    from .clock import utcnow
+
+    with db.transaction() as session:
+        if session.get(AppState, DEMO_ACCESS_KEY) is not None:
+            return None
+        now = utcnow()
+        lines = ["demo users (sign in at /auth/authorize; synthetic, for trying the hub only):"]
+        practitioner = _first_practitioner()
+        for username, role in (("demo-clinician", "clinician"), ("demo-officer", "public-health"),
+                               ("demo-admin", "admin")):
+            password = secrets.token_urlsafe(12)
+            create_user(session, username=username, password=password, role=role, now=now,
+                        practitioner=practitioner if role == "clinician" else None)
+            lines.append(f"  {username:<16} password {password}  ({role})")
+        backend = create_client(session, name="HealthHub demo backend", grant="client_credentials",
+                                scope="system/*.cruds stats.read", now=now)
+        app = create_client(session, name="HealthHub demo app", grant="authorization_code", now=now,
+                            scope="launch/patient openid fhirUser offline_access patient/*.rs user/*.rs",
+                            redirect_uris=(DEMO_APP_REDIRECT,))
+        lines += ["demo clients:",
+                  f"  backend (client_credentials, client_secret_basic): client_id {backend.client_id} "
+                  f"client_secret {backend.client_secret}",
+                  f"  app (authorization_code + PKCE, public, redirect {DEMO_APP_REDIRECT}): "
+                  f"client_id {app.client_id}"]
+        session.add(AppState(key=DEMO_ACCESS_KEY, value="v1"))
+        return lines
+
+
+def _first_practitioner() -> str | None:
+    for path in sorted(DEMO_DIR.glob("*.json")):
+        for entry in jsonio.loads(path.read_bytes()).get("entry") or []:
+            if (entry.get("resource") or {}).get("resourceType") == "Practitioner":
+                return f"Practitioner/{entry['fullUrl'][len('urn:uuid:'):]}"
+    return None

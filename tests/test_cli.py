@@ -121,3 +121,20 @@ def test_database_errors_are_one_line(tmp_path, monkeypatch):
     assert "healthhub db upgrade" in one_line_error(CliRunner().invoke(main, ["demo"]))
     monkeypatch.setenv("HEALTHHUB_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     assert "database error" in one_line_error(CliRunner().invoke(main, ["demo"]))
+
+
+def test_demo_users_and_clients_work(cli, app):
+    import base64
+    import re
+
+    first = cli("demo")
+    backend = re.search(r"client_id (\S+) client_secret (\S+)", first.output)
+    users = dict(re.findall(r"  (demo-\S+) +password (\S+)", first.output))
+    assert backend and set(users) == {"demo-clinician", "demo-officer", "demo-admin"}
+    assert "exist already" in cli("demo").output and "password" not in cli("demo").output
+    web = app.test_client()
+    basic = base64.b64encode(f"{backend[1]}:{backend[2]}".encode()).decode()
+    token = web.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/Patient.rs"},
+                     headers={"Authorization": f"Basic {basic}"}).json["access_token"]
+    found = web.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert found.status_code == 200 and found.json["total"] == 5
