@@ -263,6 +263,43 @@ def client_create(name: str, grant: str, scope: str, jwks_file: Path | None, red
     click.echo(orjson.dumps(out).decode())
 
 
+@client.command("list")
+def client_list() -> None:
+    """One JSON line per registered client (never a secret)."""
+    import orjson
+    from sqlalchemy import select
+
+    from .auth.models import OAuthClient
+
+    database = _database(_config())
+    try:
+        with database.sessionmaker() as session:
+            for c in session.scalars(select(OAuthClient).order_by(OAuthClient.created_at)):
+                click.echo(orjson.dumps({
+                    "client_id": c.client_id, "name": c.name, "grant": c.grant_type, "auth_method": c.auth_method,
+                    "scope": c.scope, "redirect_uris": c.redirect_uris, "organization": c.organization,
+                    "created": c.created_at.isoformat(), "disabled": c.disabled}).decode())
+    finally:
+        database.dispose()
+
+
+@client.command("disable")
+@click.argument("client_id")
+def client_disable(client_id: str) -> None:
+    """Refuse a client from now on (its refresh tokens are revoked)."""
+    from .auth.registry import RegistrationError, disable_client
+
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            disable_client(session, client_id)
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    click.echo(f"client {client_id} disabled; access tokens it already holds run out within the hour")
+
+
 @main.group()
 def user() -> None:
     """People who log in: clinicians, public-health officials, administrators."""
@@ -291,6 +328,23 @@ def user_create(username: str, password: str, role: str, practitioner: str | Non
     finally:
         database.dispose()
     click.echo(orjson.dumps({k: v for k, v in out.items() if v is not None}).decode())
+
+
+@user.command("disable")
+@click.argument("username")
+def user_disable(username: str) -> None:
+    """Refuse a user's sign-in from now on (their refresh tokens are revoked)."""
+    from .auth.registry import RegistrationError, disable_user
+
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            disable_user(session, username)
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    click.echo(f"user {username} disabled; access tokens they already hold run out within the hour")
 
 
 @main.group()

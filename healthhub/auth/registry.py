@@ -187,3 +187,31 @@ def _bits(b64url: str) -> int:
     except ValueError:
         return 0
     return int.from_bytes(raw, "big").bit_length()
+
+
+def disable_client(session: Session, client_id: str) -> None:
+    """Refuse the client from now on: no new tokens; its refresh tokens are revoked (access
+    tokens already issued run out within the hour)."""
+    from sqlalchemy import update
+
+    from .models import RefreshToken
+
+    client = session.get(OAuthClient, client_id)
+    if client is None:
+        raise RegistrationError(f"no client {client_id!r}")
+    client.disabled = True
+    session.execute(update(RefreshToken).where(RefreshToken.client_id == client_id).values(revoked=True))
+
+
+def disable_user(session: Session, username: str) -> None:
+    """Refuse the user's sign-in and refresh tokens from now on (access tokens already issued
+    run out within the hour)."""
+    from sqlalchemy import update
+
+    from .models import RefreshToken
+
+    user = session.get(User, username)
+    if user is None:
+        raise RegistrationError(f"no user {username!r}")
+    user.disabled = True
+    session.execute(update(RefreshToken).where(RefreshToken.username == username).values(revoked=True))

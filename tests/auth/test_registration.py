@@ -137,3 +137,23 @@ def test_user_create(cli, stored):
 def test_bad_users_are_refused(cli, args, message):
     result = cli("user", "create", *args)
     assert result.exit_code != 0 and message in result.output
+
+
+def test_list_and_disable_clients_and_users(cli, app):
+    import base64
+
+    made = orjson.loads(cli("client", "create", "--name", "Lab", "--grant", "client_credentials",
+                            "--scope", "system/*.rs").output)
+    assert cli("user", "create", "--username", "nurse", "--password", "long enough pw", "--role",
+               "clinician").exit_code == 0
+    listed = [orjson.loads(line) for line in cli("client", "list").output.splitlines()]
+    assert [c["client_id"] for c in listed] == [made["client_id"]] and made["client_secret"] not in str(listed)
+    web = app.test_client()
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{made['client_id']}:{made['client_secret']}".encode()).decode()}
+    form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
+    assert web.post("/auth/token", data=form, headers=basic).status_code == 200
+    assert cli("client", "disable", made["client_id"]).exit_code == 0
+    assert web.post("/auth/token", data=form, headers=basic).status_code == 401
+    assert cli("user", "disable", "nurse").exit_code == 0
+    assert cli("user", "disable", "nobody").exit_code == 1
+    assert cli("client", "disable", "nobody").exit_code == 1
