@@ -359,6 +359,8 @@ class BundleProcessor:
 
     def _get(self, e: Entry) -> dict[str, Any]:
         parts = e.path.split("/")
+        if parts[0] == "AuditEvent":
+            raise not_supported("Read the audit trail with GET /fhir/AuditEvent, not in a Bundle")
         if len(parts) == 1:
             return self._search(self._check_type(parts[0]), e.query)
         if e.query or len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "_history"):

@@ -454,6 +454,11 @@ class Repository:
 
     def _write(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None,
                version_id: int, method: str, previous: Stored | None) -> Stored:
+        if resource_type == "AuditEvent":
+            # The audit trail is the hub's own hash-chained log (healthhub/audit), read at
+            # /fhir/AuditEvent; an AuditEvent stored as a resource would never show there.
+            raise FhirError(405, [Issue("error", "not-supported", "AuditEvent resources are written by the hub "
+                                        "only (its audit trail); they cannot be created, updated or deleted")])
         now = self.clock()
         if previous is not None and now <= previous.last_updated:
             # Keep lastUpdated strictly increasing along one resource's history.

@@ -75,6 +75,14 @@ def test_only_an_audit_scope_reads_the_trail_and_nobody_writes_it(app):
     assert post_json(admin, "/fhir/AuditEvent", {"resourceType": "AuditEvent"}).status_code == 405
     assert admin.delete("/fhir/AuditEvent/1").status_code == 405
     assert put_json(admin, "/fhir/AuditEvent/1", {"resourceType": "AuditEvent", "id": "1"}).status_code == 405
+    # Nor through a Bundle, where it would land in the resource store instead of the trail.
+    event = {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z",
+             "agent": [{"requestor": True}], "source": {"observer": {"display": "x"}}}
+    got = post_json(authorized(app), "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "POST", "url": "AuditEvent"}, "resource": event},
+        {"request": {"method": "GET", "url": "AuditEvent?agent=x"}},
+        {"request": {"method": "GET", "url": "AuditEvent/1"}}]}).json
+    assert [e["response"]["status"][:3] for e in got["entry"]] == ["405", "400", "400"]
 
 
 def test_a_failed_change_leaves_only_its_failure_record(app, db_counts):
