@@ -7,6 +7,8 @@ afterwards in a transaction of its own (:func:`record_failure`, an ``after_reque
 """
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from flask import Response, current_app, g, request
 from sqlalchemy.orm import Session
 
@@ -61,7 +63,7 @@ def happening(status: int, touched: list[str], detail: str | None = None) -> Hap
     token: AccessToken | None = g.get("access_token")
     query = request.query_string.decode("utf-8", "replace")
     if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        query = "&".join(filter(None, [query, request.get_data(as_text=True)[:4000]]))
+        query = "&".join(filter(None, [query, urlencode(list(request.form.items(multi=True)))[:4000]]))
     return Happening(
         subtype=g.get("audit_subtype", subtype), action=action, status=status,
         description=f"{request.method} {request.path}" + (f"?{query}" if query else ""),

@@ -27,6 +27,7 @@ def test_interactions_are_recorded_with_who_what_and_outcome(app):
     assert put_json(web, "/fhir/Patient/pa", {"resourceType": "Patient", "id": "pa"}).status_code == 201
     assert web.get("/fhir/Patient/pa").status_code == 200
     assert web.get("/fhir/Observation?subject=Patient/pa&code=4548-4").status_code == 200
+    assert web.post("/fhir/Patient/_search", data={"gender": "female"}).status_code == 200
     assert web.get("/fhir/Patient/nobody").status_code == 404
     assert app.test_client().get("/fhir/Patient/pa").status_code == 401
     clinician = authorized(app, "patient/*.rs launch/patient", patient="pa", client_id="ward-app", subject="dr.a",
@@ -37,9 +38,11 @@ def test_interactions_are_recorded_with_who_what_and_outcome(app):
     for event in events:
         resources.validate(event, "AuditEvent")  # well-formed FHIR R4B
     by_sub = [(e["subtype"][0]["code"], e["action"], e["outcome"]) for e in reversed(events)]
-    assert by_sub[:6] == [("update", "U", "0"), ("read", "R", "0"), ("search-type", "E", "0"), ("read", "R", "4"),
-                          ("read", "R", "4"), ("read", "R", "0")]
-    update, read, search, missing, anonymous, patient_read = list(reversed(events))[:6]
+    assert by_sub[:7] == [("update", "U", "0"), ("read", "R", "0"), ("search-type", "E", "0"),
+                          ("search-type", "E", "0"), ("read", "R", "4"), ("read", "R", "4"), ("read", "R", "0")]
+    update, read, search, posted, missing, anonymous, patient_read = list(reversed(events))[:7]
+    posted_query = next(e for e in posted["entity"] if "query" in e)
+    assert base64.b64decode(posted_query["query"]).decode() == "gender=female"
     assert update["agent"][0]["who"]["identifier"] == {"system": "urn:healthhub:client", "value": "hospital-a"}
     assert {"what": {"reference": "Patient/pa"}} in update["entity"]
     query = next(e for e in search["entity"] if "query" in e)
