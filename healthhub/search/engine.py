@@ -71,7 +71,7 @@ class Engine:
     def __init__(self, session: Session, registry: Registry, now: datetime, access: AccessPolicy | None = None) -> None:
         self.session = session
         self.registry = registry
-        self.compiler = Compiler(registry, now)
+        self.compiler = Compiler(registry, now, session.get_bind().dialect.name)
         self.access = access
 
     def search(self, req: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()) -> SearchResult:

@@ -226,12 +226,12 @@ class Repository:
         from ..search.compiler import Compiler
         from ..search.registry import default_registry
 
-        compiler = Compiler(default_registry(), self.clock())
+        compiler = Compiler(default_registry(), self.clock(), self.session.get_bind().dialect.name)
         sets = compiler.index_sets(resource_type, req.clauses) if not req.ids and not req.last_updated else None
         if sets is not None:
             # From the index tables alone (they hold rows of live current resources only): a
             # smaller statement to plan, which is most of the cost of a conditional create.
-            return Compiler.matching(sets).distinct()
+            return compiler.matching(sets).distinct()
         # No ORDER BY: callers only tell none, one and several apart, and an order let
         # PostgreSQL walk an index in id order (before the first ANALYZE of a new hub, it read
         # every identifier of the type per conditional create).
