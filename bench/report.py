@@ -76,6 +76,16 @@ def render(doc: dict[str, Any]) -> str:
                              " + ".join(f"{x:.1f}" for x in ms) if ms else "–"])
     out += _table(["db", "resources", "search", "index in every statement", "full scans",
                    "execution ms (count + page + includes)"], rows, "lrllll")
+    audits = [(kind, run["scales"][0]) for kind, run in doc["runs"].items()
+              if run["scales"] and run["scales"][0].get("audit")]
+    if audits:
+        out += ["", "### Audit trail: read-by-id with it on and off", "",
+                "Two servers on the same database, the audit trail on and off, measured alternately (on, off, "
+                "on, off); req/s with the concurrent clients, p50 the better of the two runs.", ""]
+        out += _table(["db", "resources", "req/s on", "req/s off", "overhead", "p50 ms on", "p50 ms off"],
+                      [[kind, f"{sc['resources']:,}", f"{sc['audit']['rps_on']:,.0f}", f"{sc['audit']['rps_off']:,.0f}",
+                        f"{sc['audit']['overhead']:.1%}", f"{sc['audit']['p50_ms_on']:.1f}",
+                        f"{sc['audit']['p50_ms_off']:.1f}"] for kind, sc in audits], "lrrrrrr")
     if doc.get("targets"):
         out += ["", "### Targets", ""]
         out += _table(["db", "target", "measured", "result"],
