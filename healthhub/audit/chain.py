@@ -28,10 +28,13 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
+from ..storage import bulk
 from ..storage.models import JsonDocument
 from .models import AuditEntity, AuditRecord
 
 GENESIS = "0" * 64
+_RECORDS: Table = AuditRecord.__table__  # type: ignore[assignment]
+_ENTITIES: Table = AuditEntity.__table__  # type: ignore[assignment]
 _MAX_TRIES = 1000
 
 
@@ -104,8 +107,8 @@ def append(session: Session, columns: Columns, content: dict[str, Any], durable:
     else:
         raise RuntimeError("could not append to the audit chain: the head kept moving")
     new_seq, digest = row
-    if len(refs) > 1:
-        session.execute(insert(AuditEntity), [{"reference": r, "seq": new_seq} for r in refs[1:]])
+    if len(refs) > 1:  # a Bundle's: by COPY on PostgreSQL when there are many
+        bulk.append(session, {_ENTITIES: [{"reference": r, "seq": new_seq} for r in refs[1:]]})
     return int(new_seq), str(digest)
 
 
@@ -133,7 +136,7 @@ def _append_statement(dialect: str, durable: bool) -> Any:
     if dialect == "postgresql" and not durable:
         # https://www.postgresql.org/docs/current/wal-async-commit.html, for this transaction only
         source = source.where(func.set_config("synchronous_commit", "off", True).is_not(None))
-    table: Table = AuditRecord.__table__  # type: ignore[assignment]
+    table = _RECORDS
     names = ("seq", "recorded", "subtype", "action", "outcome", "client_id", "username", "address", "entity",
              "patient", "content", "prev_hash", "hash")
     columns = [table.c[n] for n in names]

@@ -173,3 +173,14 @@ def test_concurrent_writers_keep_one_chain(app, live_server, cli):
         list(pool.map(work, range(8)))
     result = cli("audit", "verify")
     assert result.exit_code == 0 and "96 records" in result.output, result.output
+
+
+def test_a_bundle_record_names_every_resource_it_wrote(app):
+    web = authorized(app)
+    entries = [{"request": {"method": "PUT", "url": f"Patient/b{i}"}, "resource": {"resourceType": "Patient", "id": f"b{i}"}}
+               for i in range(70)]  # past the COPY threshold on PostgreSQL
+    assert post_json(web, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+    for ref in ("Patient/b0", "Patient/b41", "Patient/b69"):
+        [event] = trail(app, f"&entity={ref}")
+        assert event["subtype"][0]["code"] == "transaction"
+        assert len([e for e in event["entity"] if "what" in e]) == 70
