@@ -3,7 +3,7 @@ https://hl7.org/fhir/smart-app-launch/app-launch.html#obtain-authorization-code)
 
 GET validates the request (client, exact redirect URI, ``aud``, PKCE S256) and shows the sign-in
 form; the form posts back with the request's parameters, then the consent page (scopes to tick,
-and a patient picker when ``launch/patient`` is asked for) posts the decision. authlib checks
+and a patient picker when ``launch/patient`` or a ``patient/`` scope is asked for) posts the decision. authlib checks
 the request at each step and writes the redirect. Errors before the redirect URI is known to
 belong to the client are shown as a page, never redirected (RFC 6749 §4.1.2.1).
 
@@ -114,7 +114,7 @@ def _decide(session: Session, grant: Any, client: Client, user: User, params: di
     if not scope:
         return _consent_page(session, client, user, params, ticket, "Tick at least one kind of access, or deny.")
     patient = None
-    if "launch/patient" in scope.split():
+    if needs_patient(scope.split()):
         patient = request.form.get("patient", "")
         if not patient or not _patient_exists(session, patient):
             return _consent_page(session, client, user, params, ticket, "Choose the patient the app will work on.")
@@ -149,7 +149,7 @@ def _consent_page(session: Session, client: Client, user: User, params: dict[str
     return _page("auth/consent.html", 400 if error else 200, client_name=client.row.name, username=user.username,
                  params=params, ticket=ticket, csrf_token=_csrf(params), action=request.path, error=error,
                  scopes=[{"text": s, "label": _label(s), "checked": s in ticked} for s in allowed],
-                 pick_patient="launch/patient" in allowed, patient_query=query,
+                 pick_patient=needs_patient(allowed), patient_query=query,
                  patients=_find_patients(session, query) if query else [], patient=request.form.get("patient"))
 
 
@@ -163,6 +163,12 @@ def _refuse(err: OAuth2Error) -> Response:
         response: Response = auth_service().server.handle_error_response(None, err)
         return response
     return _page("auth/error.html", 400, error=err.get_error_description() or err.error)
+
+
+def needs_patient(scopes: list[str]) -> bool:
+    """A patient is chosen for ``launch/patient`` and for any ``patient/`` scope: a ``patient/``
+    scope without a patient in context would allow nothing."""
+    return any(s == "launch/patient" or s.startswith("patient/") for s in scopes)
 
 
 def _label(scope: str) -> str:

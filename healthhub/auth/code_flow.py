@@ -90,7 +90,7 @@ class UserTokens:
         fhir_user = f"{self.fhir_base}/{user.fhir_user}" if user.fhir_user and grant.has("fhirUser") else None
         jti = uuid.uuid4().hex
         access = self.tokens.issue(client_id=client.get_client_id(), subject=user.username, scope=scope,
-                                   patient=patient if grant.has("launch/patient") else None, fhir_user=fhir_user,
+                                   patient=patient, fhir_user=fhir_user,
                                    jti=jti)
         body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": LIFETIME,
                                 "scope": scope}

@@ -246,3 +246,16 @@ def test_sign_in_is_throttled_per_user(hub):
     assert blocked.status_code == 429 and "Too many" in blocked.get_data(as_text=True)
     unknown = sign_in(web, params, username="nobody", password="x")
     assert unknown.status_code == 401
+
+
+def test_patient_scopes_without_launch_patient_still_pick_a_patient(hub):
+    app, client_id = hub
+    web = app.test_client()
+    verifier, challenge = pkce()
+    params = auth_params(client_id, challenge, scope="patient/*.rs openid")
+    assert "patient_query" in sign_in(web, params).get_data(as_text=True)  # the picker is shown
+    token = exchange(web, client_id, code_of(launch(web, params, patient="pa"))["code"][0], verifier).json
+    assert token["scope"] == "patient/*.rs openid" and "patient" not in token  # not asked for in the answer
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert web.get("/fhir/Patient/pa", headers=bearer).status_code == 200
+    assert web.get("/fhir/Patient/pb", headers=bearer).status_code == 404
