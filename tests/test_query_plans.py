@@ -129,6 +129,8 @@ def test_statistics_follow_growth_and_start_from_the_patient(sqlite_engine, app,
                                             [("date", "ge2020-01-05"), ("date", "lt2020-01-09")])
              for r in reads if "search_date" in r]
     assert dates and all("low<?" in r and "high" not in r for r in dates), dates
+    # ... per width class, from the covering (span, low, high, resource_id) index: no table lookup
+    assert all("COVERING INDEX ix_search_date_2 (resource_type=? AND param=? AND span=?" in r for r in dates), dates
     # not doubled since: no second ANALYZE
     client.post("/fhir/Patient", json={"resourceType": "Patient"})
     with sqlite_engine.connect() as conn:

@@ -135,9 +135,12 @@ SearchReference = _search_table(
     # the type (3 s per $everything at 1M resources).
     per_resource=("target_type", "target_id"))
 #: ``span`` classes the width of [low, high] (see ``search/dates.py``): a window search bounds
-#: ``low`` per class, so it reads the rows near the window, not every row before it.
+#: ``low`` per class, so it reads the rows near the window, not every row before it. The
+#: (span, low) index covers ``high`` and ``resource_id`` too: without them SQLite preferred the
+#: (low, high) index and read, per class, every row of the window's low range across all classes
+#: with a table lookup each (8–10 ms per statement at 1M resources; 0.1–0.3 ms covering).
 SearchDate = _search_table("search_date", {"low": Instant, "high": Instant, "span": SmallInteger},
-                           [("low", "high"), ("high",), ("span", "low")])
+                           [("low", "high"), ("high",), ("span", "low", "high", "resource_id")])
 SearchNumber = _search_table("search_number", {"value": Number}, [("value",)])
 SearchQuantity = _search_table(
     "search_quantity",
