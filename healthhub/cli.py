@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +220,21 @@ def ingest(paths: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
         sys.exit(1)
 
 
+@contextmanager
+def _registry_session() -> Iterator[Any]:
+    """A transaction that registers or disables clients and users; their refusals as one line."""
+    from .auth.registry import RegistrationError
+
+    database = _database(_config())
+    try:
+        with database.transaction() as session:
+            yield session
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+
+
 @main.group()
 def client() -> None:
     """OAuth clients: apps and hospital systems."""
@@ -239,7 +256,7 @@ def client_create(name: str, grant: str, scope: str, jwks_file: Path | None, red
     """Register a client; prints {"client_id": …, "client_secret": …} (the secret only once)."""
     import orjson
 
-    from .auth.registry import RegistrationError, create_client
+    from .auth.registry import create_client
     from .clock import utcnow
 
     jwks = None
@@ -248,15 +265,9 @@ def client_create(name: str, grant: str, scope: str, jwks_file: Path | None, red
             jwks = orjson.loads(jwks_file.read_bytes())
         except orjson.JSONDecodeError as exc:
             raise click.ClickException(f"{jwks_file}: not JSON ({exc})") from None
-    database = _database(_config())
-    try:
-        with database.transaction() as session:
-            made = create_client(session, name=name, grant=grant, scope=scope, jwks=jwks,
-                                 redirect_uris=redirect_uris, organization=organization, now=utcnow())
-    except RegistrationError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.dispose()
+    with _registry_session() as session:
+        made = create_client(session, name=name, grant=grant, scope=scope, jwks=jwks,
+                             redirect_uris=redirect_uris, organization=organization, now=utcnow())
     out: dict[str, str] = {"client_id": made.client_id}
     if made.client_secret:
         out["client_secret"] = made.client_secret
@@ -287,16 +298,10 @@ def client_list() -> None:
 @click.argument("client_id")
 def client_disable(client_id: str) -> None:
     """Refuse a client from now on (its refresh tokens are revoked)."""
-    from .auth.registry import RegistrationError, disable_client
+    from .auth.registry import disable_client
 
-    database = _database(_config())
-    try:
-        with database.transaction() as session:
-            disable_client(session, client_id)
-    except RegistrationError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.dispose()
+    with _registry_session() as session:
+        disable_client(session, client_id)
     click.echo(f"client {client_id} disabled; access tokens it already holds run out within the hour")
 
 
@@ -314,19 +319,13 @@ def user_create(username: str, password: str, role: str, practitioner: str | Non
     """Register a user; prints {"username": …, "role": …}."""
     import orjson
 
-    from .auth.registry import RegistrationError, create_user
+    from .auth.registry import create_user
     from .clock import utcnow
 
-    database = _database(_config())
-    try:
-        with database.transaction() as session:
-            made = create_user(session, username=username, password=password, role=role,
-                               practitioner=practitioner, now=utcnow())
-            out = {"username": made.username, "role": made.role, "fhirUser": made.fhir_user}
-    except RegistrationError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.dispose()
+    with _registry_session() as session:
+        made = create_user(session, username=username, password=password, role=role,
+                           practitioner=practitioner, now=utcnow())
+        out = {"username": made.username, "role": made.role, "fhirUser": made.fhir_user}
     click.echo(orjson.dumps({k: v for k, v in out.items() if v is not None}).decode())
 
 
@@ -334,16 +333,10 @@ def user_create(username: str, password: str, role: str, practitioner: str | Non
 @click.argument("username")
 def user_disable(username: str) -> None:
     """Refuse a user's sign-in from now on (their refresh tokens are revoked)."""
-    from .auth.registry import RegistrationError, disable_user
+    from .auth.registry import disable_user
 
-    database = _database(_config())
-    try:
-        with database.transaction() as session:
-            disable_user(session, username)
-    except RegistrationError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.dispose()
+    with _registry_session() as session:
+        disable_user(session, username)
     click.echo(f"user {username} disabled; access tokens they already hold run out within the hour")
 
 

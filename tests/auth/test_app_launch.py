@@ -130,12 +130,17 @@ def test_clinician_launch_end_to_end(hub):
     assert web.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=bearer).status_code == 403
 
 
-def test_code_reuse_revokes_what_the_first_use_got(hub):
+def launched(hub):
+    """A completed launch: (test client, client_id, code, verifier, token response)."""
     app, client_id = hub
     web = app.test_client()
     verifier, challenge = pkce()
     code = code_of(launch(web, auth_params(client_id, challenge)))["code"][0]
-    first = exchange(web, client_id, code, verifier).json
+    return web, client_id, code, verifier, exchange(web, client_id, code, verifier).json
+
+
+def test_code_reuse_revokes_what_the_first_use_got(hub):
+    web, client_id, code, verifier, first = launched(hub)
     bearer = {"Authorization": f"Bearer {first['access_token']}"}
     assert web.get("/fhir/Patient/pa", headers=bearer).status_code == 200
     again = exchange(web, client_id, code, verifier)
@@ -147,11 +152,7 @@ def test_code_reuse_revokes_what_the_first_use_got(hub):
 
 
 def test_refresh_tokens_rotate_and_a_replay_revokes_the_family(hub):
-    app, client_id = hub
-    web = app.test_client()
-    verifier, challenge = pkce()
-    code = code_of(launch(web, auth_params(client_id, challenge)))["code"][0]
-    first = exchange(web, client_id, code, verifier).json
+    web, client_id, _, _, first = launched(hub)
 
     def refresh(token, **extra):
         return web.post("/auth/token", content_type=FORM, data={
