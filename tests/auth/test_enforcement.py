@@ -96,6 +96,7 @@ def test_requests_without_a_usable_token_get_401(world, db_counts):
             assert resp.status_code == 401, (why, method, path, resp.status_code)
             challenge = resp.headers["WWW-Authenticate"]
             assert challenge.startswith("Bearer ") and 'error="invalid_token"' in challenge, why
+            assert challenge.isascii() and challenge.isprintable(), challenge  # gunicorn refuses others
             assert resp.json["resourceType"] == "OperationOutcome"
     assert db_counts() == before
     assert web.get("/fhir/metadata").status_code == 200
