@@ -12,6 +12,7 @@ from joserfc.errors import JoseError
 
 from ..audit.events import Happening, record
 from ..auth.discovery import openid_configuration, smart_configuration
+from ..auth.expiry import purge_now_and_then
 from ..auth.service import auth_service
 from ..clock import utcnow
 from ..db import Database
@@ -66,7 +67,12 @@ def _claimed_client() -> str | None:
 
 @bp.post("/auth/token")
 def token() -> Response:
-    return _in_transaction("token", lambda: auth_service().server.create_token_response())
+    def respond() -> Response:
+        purge_now_and_then(g.auth_session, utcnow())
+        response: Response = auth_service().server.create_token_response()
+        return response
+
+    return _in_transaction("token", respond)
 
 
 @bp.post("/auth/introspect")

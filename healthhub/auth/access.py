@@ -30,7 +30,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from .. import resources
 from ..context import PERMISSION_NAMES
 from ..outcome import FhirError, error, forbidden
 from ..search.compartment import in_compartment
@@ -78,11 +77,6 @@ class Access:
         stmt = select(R.id).where(R.resource_type == resource_type, R.deleted.is_(False))
         return stmt.where(or_(*alternatives)) if alternatives else stmt.where(R.id.is_(None))
 
-    def require(self, resource_type: str, permission: str) -> None:
-        """403 unless some scope allows the interaction on the type."""
-        if not self.grant.allows(resource_type, permission):
-            self.restriction(resource_type, permission)  # raises
-
     def unrestricted(self, resource_type: str, permission: str) -> bool:
         """Whether the token may ``permission`` every resource of the type (403 when none)."""
         return self.restriction(resource_type, permission) is None
@@ -97,6 +91,12 @@ class Access:
         for start in range(0, len(wanted), 500):
             found.update(session.scalars(sel.where(R.id.in_(wanted[start:start + 500]))))
         return found
+
+    def outside(self, session: Session, resource_type: str, ids: Iterable[str], permission: str) -> set[str]:
+        """Those of ``ids`` the token may not ``permission`` — deleted ones included, unless it
+        may every resource of the type (403 when no scope allows the interaction at all)."""
+        wanted = set(ids)
+        return wanted - self.visible(session, resource_type, wanted, permission)
 
     def filter(self, session: Session, items: Sequence[Any], permission: str = "r") -> list[Any]:
         """The items (anything with ``resource_type`` and ``id``) the token may see, in order;
@@ -152,9 +152,3 @@ def _parsed(query: tuple[tuple[str, str], ...], resource_type: str, registry: Re
 
 
 
-def everything_types(access: Access | None, wanted: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """The types ``$everything`` may return to this token (None: every type)."""
-    if access is None:
-        return wanted
-    candidates = wanted if wanted is not None else resources.resource_types()
-    return tuple(access.readable_types(candidates))

@@ -3,15 +3,15 @@
 Access tokens are verified without a database read (CONTRACT §5): each process keeps the set
 of revoked, unexpired ``jti`` in memory and re-reads it at most every ``REFRESH_EVERY`` seconds
 (a revocation made by this process counts at once; one made by another process within that
-delay). Rows go once their token has expired anyway. https://www.rfc-editor.org/rfc/rfc7009
+delay). Rows go once their token has expired anyway (:mod:`.expiry`). https://www.rfc-editor.org/rfc/rfc7009
 """
 from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,7 +56,3 @@ class RevocationList:
             self._jtis = jtis
             self._local -= jtis
             self._read_at = time.monotonic()
-
-    def purge(self, session: Session) -> None:
-        """Drop rows of tokens expired for a while (called now and then by the token endpoint)."""
-        session.execute(delete(RevokedToken).where(RevokedToken.expires_at < utcnow() - timedelta(minutes=5)))

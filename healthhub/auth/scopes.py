@@ -125,9 +125,6 @@ class Grant:
     def allows(self, resource_type: str, permission: str) -> bool:
         return bool(self.rules(resource_type, permission))
 
-    def any_resource_access(self) -> bool:
-        return bool(self.resource_scopes)
-
     def narrow(self, requested: Grant) -> Grant:
         """The requested scopes that this grant covers (a client asks for at most what it is
         registered for): a resource scope is kept when one scope of this grant allows every

@@ -240,10 +240,6 @@ class Revocation(TokenLookup, RevocationEndpoint):
         self.tokens = tokens
         self.revoke_access = revoke_access
 
-    def authenticate_token(self, request: Any, client: Client) -> IssuedToken | None:
-        token: IssuedToken | None = super().authenticate_token(request, client)
-        return token
-
     def revoke_token(self, token: IssuedToken, request: Any) -> None:
         if token.kind == "access_token":
             exp = token.claims.get("exp")

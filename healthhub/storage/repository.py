@@ -119,7 +119,8 @@ class Repository:
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> Stored:
         """One version; 404 when that version does not exist, 410 when it is a tombstone."""
-        self._check_visible(resource_type, resource_id, self._current(resource_type, resource_id), "r")
+        if self.ctx.access is not None:  # confined by the current version's index rows
+            self._check_visible(resource_type, resource_id, self._current(resource_type, resource_id), "r")
         if not version_id.isdigit() or len(version_id) > 9:
             raise not_found(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
         row = self.session.execute(
@@ -390,10 +391,7 @@ class Repository:
         access = self.ctx.access
         if access is None:
             return
-        access.require(resource_type, permission)
-        if current is None or access.unrestricted(resource_type, permission):
-            return
-        if current.deleted or not access.visible(self.session, resource_type, [resource_id], permission):
+        if access.outside(self.session, resource_type, [resource_id] if current is not None else [], permission):
             raise not_found(f"Resource {resource_type}/{resource_id} is not known")
 
     def _check_writable(self, resource_type: str, resource_id: str, current: Stored | None, permission: str) -> None:
@@ -401,10 +399,8 @@ class Repository:
         access = self.ctx.access
         if access is None:
             return
-        access.require(resource_type, permission)
-        if current is None or current.deleted or access.unrestricted(resource_type, permission):
-            return
-        if not access.visible(self.session, resource_type, [resource_id], permission):
+        existing = [resource_id] if current is not None and not current.deleted else []
+        if access.outside(self.session, resource_type, existing, permission):
             raise forbidden(f"{resource_type}/{resource_id} lies outside what the access token may "
                             f"{PERMISSION_NAMES[permission]}")
 
@@ -413,10 +409,7 @@ class Repository:
         caller may ``permission`` (a patient app cannot file a record in another patient's
         compartment); 403 otherwise, and the caller's transaction rolls the write back."""
         access = self.ctx.access
-        if access is None or access.unrestricted(resource_type, permission):
-            return
-        wanted = set(ids)
-        outside = wanted - access.visible(self.session, resource_type, wanted, permission)
+        outside = access.outside(self.session, resource_type, ids, permission) if access is not None else set()
         if outside:
             raise forbidden(f"{resource_type}/{sorted(outside)[0]} would lie outside what the access token may "
                             f"{PERMISSION_NAMES[permission]} (for a patient/ scope: the patient's compartment)")

@@ -210,3 +210,26 @@ def test_jwks_and_discovery(app):
     oidc = web.get("/.well-known/openid-configuration").json
     assert oidc["issuer"] == BASE and oidc["jwks_uri"] == f"{BASE}/auth/jwks"
     assert web.get("/fhir/metadata").status_code == 200  # public
+
+
+def test_expired_server_state_is_purged(app):
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from healthhub.auth import expiry
+    from healthhub.auth.models import AssertionJti, LoginFailure, RevokedToken
+
+    engine = app.extensions["healthhub.db"].engine
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        session.add_all([RevokedToken(jti="old", expires_at=now - timedelta(minutes=1)),
+                         RevokedToken(jti="live", expires_at=now + timedelta(minutes=30)),
+                         AssertionJti(client_id="c", jti="old", expires_at=now - timedelta(minutes=1)),
+                         LoginFailure(username="u", address="a", at=now - timedelta(hours=1))])
+    expiry._last[0] = -expiry.EVERY  # as if no purge had run lately in this process
+    app.test_client().post("/auth/token", data={"grant_type": "client_credentials"})
+    with Session(engine) as session:
+        assert list(session.scalars(select(RevokedToken.jti))) == ["live"]
+        assert session.scalar(select(func.count()).select_from(AssertionJti)) == 0
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 0

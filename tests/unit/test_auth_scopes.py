@@ -59,7 +59,7 @@ def test_union_of_scopes_and_nothing_more():
     assert not grant.allows("Observation", "c") and not grant.allows("Observation", "u")
     assert grant.allows("Patient", "r") and not grant.allows("Patient", "s")
     assert not grant.allows("Encounter", "r")
-    assert not Grant.parse("stats.read").any_resource_access()
+    assert not Grant.parse("stats.read").resource_scopes
     wildcard = Grant.parse("system/*.rs")
     assert wildcard.allows("Encounter", "s") and not wildcard.allows("Encounter", "d")
 
