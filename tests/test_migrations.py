@@ -70,3 +70,54 @@ def test_downgrade_to_0002_and_back(tmp_path):
             assert migrate.is_current(engine)
         finally:
             engine.dispose()
+
+
+def test_0008_stores_current_content_once_and_history_still_reads_it(tmp_path):
+    """A 0007 database holds every version's JSON twice; after 0008 the current version's copy
+    is gone from resource_versions, and vread/history still return it (and the downgrade puts
+    the copy back)."""
+    with new_database(tmp_path) as cfg:
+        engine = make_engine(cfg)
+        try:
+            migrate.upgrade(engine, "0007")
+            v1 = {"resourceType": "Patient", "id": "p1", "gender": "male",
+                  "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}}
+            v2 = {**v1, "gender": "female", "meta": {"versionId": "2", "lastUpdated": "2026-01-02T00:00:00Z"}}
+            with engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, content) "
+                    "VALUES ('Patient', 'p1', 2, :t, false, :c)"), {"t": "2026-01-02 00:00:00+00:00",
+                                                                   "c": orjson.dumps(v2).decode()})
+                for doc, t in ((v1, "2026-01-01"), (v2, "2026-01-02")):
+                    conn.execute(text(
+                        "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, deleted, "
+                        "content) VALUES ('Patient', 'p1', :v, :t, 'PUT', false, :c)"),
+                        {"v": int(doc["meta"]["versionId"]), "t": f"{t} 00:00:00+00:00", "c": orjson.dumps(doc).decode()})
+            migrate.upgrade(engine)
+
+            def copies() -> dict[int, bool]:
+                with engine.connect() as conn:
+                    return {v: c is not None for v, c in conn.execute(text(
+                        "SELECT version_id, content FROM resource_versions ORDER BY version_id"))}
+
+            assert copies() == {1: True, 2: False}
+        finally:
+            engine.dispose()
+        app = create_app(replace(cfg, signing_key=str(tmp_path / "signing-key.pem")))
+        try:
+            client = authorized(app)
+            assert client.get("/fhir/Patient/p1/_history/2").json["gender"] == "female"
+            history = client.get("/fhir/Patient/p1/_history").json
+            assert [e["resource"]["gender"] for e in history["entry"]] == ["female", "male"]
+        finally:
+            app.extensions["healthhub.db"].dispose()
+        engine = make_engine(cfg)
+        try:
+            from alembic import command
+            cfg_alembic = migrate.alembic_config()
+            with engine.begin() as conn:
+                cfg_alembic.attributes["connection"] = conn
+                command.downgrade(cfg_alembic, "0007")
+            assert copies() == {1: True, 2: True}
+        finally:
+            engine.dispose()

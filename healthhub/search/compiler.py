@@ -34,7 +34,7 @@ from ..outcome import not_supported
 from ..storage import models
 from . import ucum
 from .cardinality import single_valued
-from .registry import SearchParam
+from .registry import SearchParam, default_registry
 from .request import (
     Chain,
     Clause,
@@ -59,6 +59,19 @@ TABLES: dict[str, Table] = {
     "date": models.SearchDate, "number": models.SearchNumber, "quantity": models.SearchQuantity,
     "uri": models.SearchUri, "composite": models.SearchComposite,
 }
+
+
+def param_rows(table: Table, resource_type: str, code: str, registry: Any = None) -> ColumnElement[bool]:
+    """The rows of ``table`` that hold parameter ``code`` of ``resource_type``: its own, or those
+    of the parameters it is stored as (``Observation.patient`` = ``subject`` rows pointing at a
+    Patient; ``combo-code`` = ``code`` and ``component-code`` rows; registry.Storage)."""
+    storage = (registry if registry is not None else default_registry()).storage(resource_type, code)
+    params = storage.params
+    conds = [table.c.resource_type == resource_type,
+             table.c.param == params[0] if len(params) == 1 else table.c.param.in_(params)]
+    if storage.target_type is not None:
+        conds.append(table.c.target_type == storage.target_type)
+    return and_(*conds)
 
 
 class Compiler:
@@ -170,7 +183,7 @@ class Compiler:
         high: ColumnElement[Any] = Unindexed(table.c.high) if per_class else table.c.high
         conds = [or_(*(date_condition(table.c.low, high, v, self.now) for v in c.values if isinstance(v, DateValue)))
                  for c in group]
-        mine = [table.c.resource_type == resource_type, table.c.param == code, *conds]
+        mine = [param_rows(table, resource_type, code, self.registry), *conds]
         if not per_class:
             return select(table.c.resource_id).where(*mine)
         union = union_all(*(select(table.c.resource_id).where(*mine, bound) for bound in per_class)).subquery()
@@ -213,11 +226,11 @@ class Compiler:
         for link, from_type in reversed(list(zip(clause.chain, types[:-1], strict=True))):
             if isinstance(link, Chain):
                 inner = select(REF.c.resource_id).where(
-                    REF.c.resource_type == from_type, REF.c.param == link.param.code,
+                    param_rows(REF, from_type, link.param.code, self.registry),
                     REF.c.target_type == link.target_type, REF.c.target_id.in_(inner))
             else:  # _has: resources of source_type whose param points at from_type
                 inner = select(REF.c.target_id).where(
-                    REF.c.resource_type == link.source_type, REF.c.param == link.param.code,
+                    param_rows(REF, link.source_type, link.param.code, self.registry),
                     REF.c.target_type == from_type, REF.c.resource_id.in_(inner))
         return inner
 
@@ -233,7 +246,7 @@ class Compiler:
         table = TABLES.get(param.type)
         if table is None:
             raise not_supported(f"Search parameter {param.code!r} of type {param.type} is not supported")
-        mine = and_(table.c.resource_type == resource_type, table.c.param == param.code)
+        mine = param_rows(table, resource_type, param.code, self.registry)
         if modifier == "missing":
             has = select(table.c.resource_id).where(mine, table.c.resource_id == id_col).exists()
             return or_(*((~has if v else has) for v in values if isinstance(v, bool))) if values else true()
@@ -246,8 +259,7 @@ class Compiler:
               values: Sequence[Value]) -> Select[Any]:
         """Ids of the ``resource_type`` resources with an index row matching one of ``values``."""
         matches = or_(*(self.value(table, param, modifier, v) for v in values))
-        return select(table.c.resource_id).where(table.c.resource_type == resource_type,
-                                                 table.c.param == param.code, matches)
+        return select(table.c.resource_id).where(param_rows(table, resource_type, param.code, self.registry), matches)
 
     def _on_resources(self, resource_type: str, id_col: Col[Any], cond: ColumnElement[bool],
                       modifier: str | None) -> ColumnElement[bool]:

@@ -23,7 +23,7 @@ from ..outcome import invalid
 from ..storage import models
 from ..storage.repository import Stored, ordered
 from . import cursor
-from .compiler import REF, TABLES, Compiler
+from .compiler import REF, TABLES, Compiler, param_rows
 from .registry import Registry
 from .request import Include, SearchRequest, SortKey
 from .values import UTC
@@ -148,8 +148,8 @@ class Engine:
         # (type, param, c) index, walking every row of the parameter until it meets this
         # resource's; as an expression it uses the (type, resource_id, param) index (finding 8).
         value = func.coalesce(table.c[col], table.c[col])
-        expr = (select(agg(value)).where(table.c.resource_type == rtype, table.c.resource_id == R.id,
-                                                table.c.param == param.code).scalar_subquery())
+        expr = (select(agg(value)).where(param_rows(table, rtype, param.code, self.registry),
+                                         table.c.resource_id == R.id).scalar_subquery())
         return SortColumn(expr, key.descending, kind)
 
     # -- _include / _revinclude --------------------------------------------------------------
@@ -184,7 +184,7 @@ class Engine:
             refs = select(REF.c.resource_id).where(REF.c.resource_type == inc.source_type,
                                                    tuple_(REF.c.target_type, REF.c.target_id).in_(keys))
             if inc.param is not None:
-                refs = refs.where(REF.c.param == inc.param.code)
+                refs = refs.where(param_rows(REF, inc.source_type, inc.param.code, self.registry))
             stmt = select(R).where(R.resource_type == inc.source_type, R.id.in_(refs), R.deleted.is_(False))
         else:
             ids = [s.id for s in frontier if s.resource_type == inc.source_type]
@@ -196,7 +196,7 @@ class Engine:
             targets = select(REF.c.target_type, REF.c.target_id).where(
                 REF.c.resource_type == inc.source_type, REF.c.resource_id.in_(ids))
             if inc.param is not None:
-                targets = targets.where(REF.c.param == inc.param.code)
+                targets = targets.where(param_rows(REF, inc.source_type, inc.param.code, self.registry))
             if inc.target_type is not None:
                 targets = targets.where(REF.c.target_type == inc.target_type)
             stmt = select(R).where(tuple_(R.resource_type, R.id).in_(targets), R.deleted.is_(False))

@@ -506,13 +506,18 @@ def _token_rows(param: str, v: Any, tp: str | None, allowed: tuple[str, ...], ou
             return
     if kind == "CodeableConcept":
         codings = v.get("coding")
+        displays = set()
         if type(codings) is list:
             for c in codings:
                 row = _coding_row(param, c)
                 if row is not None:
                     out.append(row)
+                    displays.add(row.text)
         text = _str(v.get("text"))
-        if text:
+        # A text-only row only when no coding row carries the same text already: ``:text``
+        # matches the text column of any row, and nothing else reads a row without a code
+        # (Synthea's CodeableConcepts repeat their coding's display as text: a row saved each).
+        if text and _norm(text) not in displays:
             out.append(TokenRow(param, "", None, _norm(text)))
     elif kind == "Coding":
         row = _coding_row(param, v)
@@ -740,6 +745,19 @@ def _needs(exprs: tuple[_Expr, ...]) -> frozenset[str] | None:
     return frozenset(key for e in exprs for key in e.needs or ())
 
 
+def _by_key(plans: tuple[_Plan, ...]) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """(plans that always run, resource key → plans that need it), as indexes into ``plans``."""
+    always = []
+    by_key: dict[str, list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan.needs is None:
+            always.append(i)
+        else:
+            for key in plan.needs:
+                by_key.setdefault(key, []).append(i)
+    return tuple(always), {k: tuple(v) for k, v in by_key.items()}
+
+
 def _extension_value(ext: Any) -> tuple[Any, str | None]:
     """An Extension found by an expression stands for its ``value[x]`` (the core extension
     search parameters, e.g. ``Patient.extension('…patient-mothersMaidenName')``, end at the
@@ -759,6 +777,7 @@ class Indexer:
         self.registry = registry
         self.force_fhirpathpy = force_fhirpathpy
         self._plans: dict[str, tuple[_Plan, ...]] = {}
+        self._by_key: dict[str, tuple[tuple[int, ...], dict[str, tuple[int, ...]]]] = {}
         self._relative: dict[str, tuple[_Expr, ...]] = {}
 
     def extract(self, resource: dict[str, Any]) -> list[Row]:
@@ -768,9 +787,7 @@ class Indexer:
             return []
         rows: list[Any] = []
         root: list[Node] = [(resource, rtype)]
-        for plan in self._plans_for(rtype):
-            if plan.needs is not None and plan.needs.isdisjoint(resource):
-                continue
+        for plan in self._selected(rtype, resource):
             try:
                 if plan.convert is not None:
                     for expr in plan.exprs:
@@ -814,6 +831,22 @@ class Indexer:
                     for combo in itertools.product(*per_component):
                         rows.append(CompositeRow(plan.code, tuple(combo)))
 
+    def _selected(self, rtype: str, resource: dict[str, Any]) -> list[_Plan]:
+        """The plans that can find something in ``resource``, in plan order: those whose
+        expressions start at one of its keys (a type has ~40 parameters, a resource uses a few
+        elements), and those that do not start with a member."""
+        found = self._by_key.get(rtype)
+        if found is None:
+            found = self._by_key[rtype] = _by_key(self._plans_for(rtype))
+        always, by_key = found
+        wanted = set(always)
+        for key in resource:
+            hit = by_key.get(key)
+            if hit is not None:
+                wanted.update(hit)
+        plans = self._plans_for(rtype)
+        return [plans[i] for i in sorted(wanted)]
+
     def _plans_for(self, rtype: str) -> tuple[_Plan, ...]:
         plans = self._plans.get(rtype)
         if plans is None:
@@ -822,8 +855,8 @@ class Indexer:
 
     def _build(self, rtype: str) -> Iterable[_Plan]:
         for code, param in sorted(self.registry.params_for(rtype).items()):
-            if code in SKIPPED_CODES or param.type == "special":
-                continue
+            if code in SKIPPED_CODES or param.type == "special" or not self.registry.storage(rtype, code).own(code):
+                continue  # (a parameter stored as others' rows: registry.Storage)
             found = param.expression_for(rtype)
             if found is None:
                 continue

@@ -96,10 +96,31 @@ def split_union(expression: str) -> list[str]:
     return [p for p in (x.strip() for x in parts) if p]
 
 
+@dataclass(frozen=True)
+class Storage:
+    """Where the index rows of a parameter of one resource type live.
+
+    Most parameters have rows of their own. A parameter whose expression is the union of other
+    parameters' expressions (``combo-code`` = ``code`` | ``component-code``) or another reference
+    parameter restricted to one target type (``patient`` = ``subject.where(resolve() is
+    Patient)``) is answered from those parameters' rows instead, so the same values are not
+    extracted and stored twice: a fifth of the index rows of a Synthea resource
+    (bench/RESULTS.md, fourth session)."""
+
+    params: tuple[str, ...]
+    #: Only rows pointing at this type (reference parameters).
+    target_type: str | None = None
+
+    def own(self, code: str) -> bool:
+        """True when ``code`` is indexed under its own name."""
+        return self.params == (code,) and self.target_type is None
+
+
 class Registry:
     """The search parameters of every resource type."""
 
     def __init__(self, params: list[SearchParam]) -> None:
+        self._storage: dict[tuple[str, str], Storage] = {}
         self._by_url = {p.url: p for p in params}
         self._by_type: dict[str, dict[str, SearchParam]] = {}
         common = {p.code: p for p in params if set(p.base) & set(_ABSTRACT_BASES)}
@@ -124,6 +145,57 @@ class Registry:
 
     def by_url(self, url: str) -> SearchParam | None:
         return self._by_url.get(url)
+
+    def storage(self, resource_type: str, code: str) -> Storage:
+        """Where the index rows of ``code`` on ``resource_type`` live (see :class:`Storage`)."""
+        key = (resource_type, code)
+        found = self._storage.get(key)
+        if found is None:
+            found = self._storage[key] = self._find_storage(resource_type, code)
+        return found
+
+    def _find_storage(self, resource_type: str, code: str) -> Storage:
+        own = Storage((code,))
+        param = self.get(resource_type, code)
+        found = param.expression_for(resource_type) if param is not None else None
+        if param is None or found is None or code.startswith("_"):
+            return own
+        expression, allowed = found
+        parts = split_union(expression)
+        others = [(frozenset(split_union(f[0])), f[1], p) for c, p in self.params_for(resource_type).items()
+                  if c != code and p.type == param.type and not c.startswith("_")
+                  and (f := p.expression_for(resource_type)) is not None]
+        # A base has fewer parts than the parameter it serves (a single one and no target filter
+        # for a reference alias), so looking up whether it has rows of its own terminates.
+        if len(parts) == 1 and len(allowed) == 1 and param.type == "reference":
+            for their_parts, their_allowed, base in others:
+                if their_parts == {parts[0]} and not their_allowed and (not base.targets or allowed[0] in base.targets):
+                    return Storage((base.code,), allowed[0])
+            return own
+        if len(parts) < 2 or allowed:
+            return own
+        # An exact cover of the parts by other parameters' parts (largest first).
+        remaining, codes = set(parts), []
+        for their_parts, their_allowed, base in sorted(others, key=lambda o: -len(o[0])):
+            if not their_allowed and their_parts <= remaining and len(their_parts) < len(parts) \
+                    and self._same_rows(param, base) and self._own_rows(resource_type, base.code):
+                remaining -= their_parts
+                codes.append(base.code)
+        return Storage(tuple(sorted(codes))) if not remaining and len(codes) > 1 else own
+
+    def _own_rows(self, resource_type: str, code: str) -> bool:
+        return self.storage(resource_type, code).own(code)
+
+    def _same_rows(self, param: SearchParam, base: SearchParam) -> bool:
+        """True when ``base``'s rows are ``param``'s for the part they share: same targets, and for
+        composites the same component expressions of the same types, in order."""
+        if param.targets != base.targets or len(param.components) != len(base.components):
+            return False
+        for mine, theirs in zip(param.components, base.components, strict=True):
+            a, b = self.by_url(mine.definition), self.by_url(theirs.definition)
+            if a is None or b is None or a.type != b.type or mine.expression != theirs.expression:
+                return False
+        return True
 
 
 def _param(sp: dict[str, Any]) -> SearchParam:

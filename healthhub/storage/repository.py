@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
-from sqlalchemy import Select, func, insert, literal, select, text, tuple_, union_all, update
+from sqlalchemy import Select, and_, func, insert, literal, null, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -123,16 +123,16 @@ class Repository:
             self._check_visible(resource_type, resource_id, self._current(resource_type, resource_id), "r")
         if not version_id.isdigit() or len(version_id) > 9:
             raise not_found(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
-        row = self.session.execute(
-            select(ResourceVersion).where(
+        found = self.session.execute(
+            _versions().where(
                 ResourceVersion.resource_type == resource_type,
                 ResourceVersion.id == resource_id,
                 ResourceVersion.version_id == int(version_id),
             )
-        ).scalar_one_or_none()
-        if row is None:
+        ).one_or_none()
+        if found is None:
             raise not_found(f"Version {version_id} of {resource_type}/{resource_id} is not known")
-        stored = _from_version(row)
+        stored = _from_version(*found)
         if stored.deleted:
             raise gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         self.touched.append(f"{resource_type}/{resource_id}/_history/{version_id}")
@@ -187,12 +187,12 @@ class Repository:
                       permission: str) -> dict[str, list[str]]:
         """``param=[system|]code`` criteria in one statement: the index rows of their codes,
         then :func:`~healthhub.search.compiler.token_matches` (the SQL condition, in Python)."""
-        from ..search.compiler import token_matches
+        from ..search.compiler import param_rows, token_matches
         from .models import SearchToken as T
 
         rows: dict[str, list[tuple[str | None, str]]] = {}
         stmt: Select[Any] = self._confine(select(T.c.code, T.c.system, T.c.resource_id).where(
-            T.c.resource_type == resource_type, T.c.param == param, T.c.code.in_({v.code for _, v in items})),
+            param_rows(T, resource_type, param), T.c.code.in_({v.code for _, v in items})),
             resource_type, permission, T.c.resource_id)
         for code, system, rid in self.session.execute(stmt):
             rows.setdefault(code, []).append((system, rid))
@@ -268,11 +268,11 @@ class Repository:
         if since is not None:
             where.append(ResourceVersion.last_updated >= since)
         total = self.session.scalar(select(func.count()).select_from(ResourceVersion).where(*where)) or 0
-        stmt = select(ResourceVersion).where(*where)
+        stmt = _versions().where(*where)
         if before is not None:
             stmt = stmt.where(ResourceVersion.pk < before)
-        rows = list(self.session.scalars(stmt.order_by(ResourceVersion.pk.desc()).limit(count + 1)))
-        items = [_from_version(r) for r in rows[:count]]
+        rows = self.session.execute(stmt.order_by(ResourceVersion.pk.desc()).limit(count + 1)).all()
+        items = [_from_version(*r) for r in rows[:count]]
         next_before = items[-1].pk if len(rows) > count and items else None
         return HistoryPage(items, total, next_before)
 
@@ -480,6 +480,7 @@ class Repository:
             if previous is None:
                 self.session.execute(insert(Resource).values(resource_type=resource_type, id=resource_id, **values))
             else:
+                self._keep_previous(resource_type, resource_id, previous)
                 result = self.session.execute(
                     update(Resource)
                     .where(Resource.resource_type == resource_type, Resource.id == resource_id,
@@ -488,7 +489,8 @@ class Repository:
                 if result.rowcount != 1:  # type: ignore[attr-defined]
                     raise conflict(f"{resource_type}/{resource_id} was changed by another request; retry")
             pk = self.session.execute(
-                insert(ResourceVersion).values(resource_type=resource_type, id=resource_id, method=method, **values)
+                insert(ResourceVersion).values(resource_type=resource_type, id=resource_id, method=method,
+                                               **{**values, "content": null()})
                 .returning(ResourceVersion.pk)).scalar_one()
         except IntegrityError:
             raise conflict(f"{resource_type}/{resource_id} was written by another request at the same "
@@ -497,6 +499,22 @@ class Repository:
         if content is not None:
             self._check_written(resource_type, [resource_id], "c" if previous is None or previous.deleted else "u")
         return Stored(resource_type, resource_id, version_id, now, deleted, content, method, pk)
+
+    def _keep_previous(self, resource_type: str, resource_id: str, previous: Stored) -> None:
+        """Before the current row is overwritten, its content moves into its version row: the
+        content of a live resource's current version is stored once, in ``resources`` (its
+        version row holds NULL; reads take it from there, :func:`_versions`). A create then
+        writes the JSON once, not twice (bench/RESULTS.md, fourth session); HAPI FHIR likewise
+        keeps resource text in one table only."""
+        if previous.deleted:
+            return  # a tombstone's version row has no content to keep
+        current = select(Resource.content).where(Resource.resource_type == resource_type,
+                                                 Resource.id == resource_id).scalar_subquery()
+        self.session.execute(
+            update(ResourceVersion)
+            .where(ResourceVersion.resource_type == resource_type, ResourceVersion.id == resource_id,
+                   ResourceVersion.version_id == previous.version_id, ResourceVersion.content.is_(None))
+            .values(content=current))
 
     @contextmanager
     def batched(self) -> Iterator[None]:
@@ -527,39 +545,33 @@ class Repository:
 class _Pending:
     """Rows of new resources waiting for one COPY or multi-row INSERT per table."""
 
-    #: (type, id) pairs per INSERT … SELECT of versions (a bound of the statement's parameters).
-    VERSION_CHUNK = 2000
-
     def __init__(self, session: Session) -> None:
         self.session = session
         self.resources: list[dict[str, Any]] = []
-        self.methods: dict[str, list[tuple[str, str]]] = {}
+        self.methods: list[str] = []  # per resource, in order
         self.index: dict[Any, list[dict[str, Any]]] = {}
 
     def add(self, resource_type: str, resource_id: str, method: str, values: dict[str, Any],
             content: dict[str, Any] | None) -> None:
         self.resources.append({"resource_type": resource_type, "id": resource_id, **values})
-        self.methods.setdefault(method, []).append((resource_type, resource_id))
+        self.methods.append(method)
         if content is not None:
             for table, rows in store.index_rows(resource_type, resource_id, content).items():
                 self.index.setdefault(table, []).extend(rows)
 
     def send(self) -> None:
-        """Write the buffered rows. Each new version is the new ``resources`` row, so the
-        database copies it (``INSERT … SELECT``) instead of receiving and parsing the JSON a
-        second time: 16–25 µs instead of 75–95 µs per Synthea resource on PostgreSQL."""
+        """Write the buffered rows: the resources, their version rows (without content: the
+        current version's content is the ``resources`` row's, see :meth:`Repository._keep_previous`)
+        and their index rows, in as few round trips as :func:`bulk.append` can."""
         if not self.resources:
             return
-        tables: dict[Any, list[dict[str, Any]]] = {Resource.__table__: self.resources, **self.index}
+        versions = [{"resource_type": r["resource_type"], "id": r["id"], "version_id": r["version_id"],
+                     "last_updated": r["last_updated"], "deleted": r["deleted"], "method": method}
+                    for r, method in zip(self.resources, self.methods, strict=True)]
+        tables: dict[Any, list[dict[str, Any]]] = {Resource.__table__: self.resources,
+                                                   ResourceVersion.__table__: versions, **self.index}
         bulk.append(self.session, tables)
-        columns = ("resource_type", "id", "version_id", "last_updated", "deleted", "content")
-        for method, keys in self.methods.items():
-            for start in range(0, len(keys), self.VERSION_CHUNK):
-                chunk = keys[start:start + self.VERSION_CHUNK]
-                source = select(*(getattr(Resource, c) for c in columns), literal(method)).where(
-                    tuple_(Resource.resource_type, Resource.id).in_(chunk))
-                self.session.execute(insert(ResourceVersion).from_select([*columns, "method"], source))
-        self.resources, self.methods, self.index = [], {}, {}
+        self.resources, self.methods, self.index = [], [], {}
 
 
 #: Conditional criteria searched per statement by :meth:`Repository.match_many`.
@@ -634,9 +646,20 @@ def _stored(row: Resource) -> Stored:
                   ordered(row.content), "GET")
 
 
-def _from_version(row: ResourceVersion) -> Stored:
+def _versions() -> Select[Any]:
+    """Version rows with their content: a live resource's current version keeps its content in
+    ``resources`` only (:meth:`Repository._keep_previous`), so it is joined in. One statement
+    sees one snapshot: an update moves the content and replaces the current row in one transaction."""
+    current = Resource.__table__.alias("current_row")
+    return select(ResourceVersion, current.c.content).outerjoin(current, and_(
+        current.c.resource_type == ResourceVersion.resource_type, current.c.id == ResourceVersion.id,
+        current.c.version_id == ResourceVersion.version_id, ResourceVersion.content.is_(None)))
+
+
+def _from_version(row: ResourceVersion, current_content: dict[str, Any] | None = None) -> Stored:
+    content = row.content if row.content is not None or row.deleted else current_content
     return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
-                  ordered(row.content), row.method, row.pk)
+                  ordered(content), row.method, row.pk)
 
 
 _FIRST = ("resourceType", "id", "meta")

@@ -3,6 +3,7 @@ fhirpathpy on every test resource, odd data, and a printed micro-benchmark."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -59,10 +60,22 @@ def example(name: str) -> dict[str, Any]:
 
 
 def rows_of(resource: dict[str, Any]) -> dict[str, set[Any]]:
+    """The rows a search on each parameter reads: the extracted ones, plus those of parameters
+    stored as other parameters' rows (registry.Storage), relabelled with their own code."""
     out: dict[str, set[Any]] = defaultdict(set)
     for row in fast().extract(resource):
         out[row.param].add(row)
-    return out
+    rtype = resource["resourceType"]
+    registry = default_registry()
+    for code in registry.params_for(rtype):
+        storage = registry.storage(rtype, code)
+        if storage.own(code):
+            continue
+        for base in storage.params:
+            for row in out.get(base, ()):
+                if storage.target_type is None or row.target_type == storage.target_type:
+                    out[code].add(dataclasses.replace(row, param=code))
+    return {k: v for k, v in out.items() if v}
 
 
 def day(y: int, m: int, d: int) -> tuple[datetime, datetime]:
@@ -115,8 +128,8 @@ def test_synthea_patient():
     assert rows["gender"] == {TokenRow("gender", "", "male", None)}
     assert rows["phone"] == {TokenRow("phone", "", "555-978-4581", None)}
     assert rows["telecom"] == rows_as("telecom", rows["phone"])
-    assert rows["language"] == {TokenRow("language", "urn:ietf:bcp:47", "en-US", "english"),
-                                TokenRow("language", "", None, "english")}
+    # CodeableConcept.text equals the coding's display: no text-only row of its own
+    assert rows["language"] == {TokenRow("language", "urn:ietf:bcp:47", "en-US", "english")}
     assert rows["deceased"] == {TokenRow("deceased", "", "false", None)}  # via fhirpathpy: exists() and …
     assert rows["_tag"] == {TokenRow("_tag", "https://smarthealthit.org/tags", "synthea-5-2019", None)}
     # R4B core extension parameter: the Extension stands for its value (as HAPI FHIR indexes it).
@@ -138,8 +151,7 @@ def test_synthea_observation_with_value_quantity():
     value = obs["valueQuantity"]["value"]
     assert isinstance(value, Decimal)
 
-    assert rows["code"] == {TokenRow("code", "http://loinc.org", "39156-5", "body mass index"),
-                            TokenRow("code", "", None, "body mass index")}
+    assert rows["code"] == {TokenRow("code", "http://loinc.org", "39156-5", "body mass index")}
     assert rows["value-quantity"] == {QuantityRow("value-quantity", value, UCUM, "kg/m2", "kg/m2",
                                                   value.scaleb(3), "g.m-2")}
     low = datetime.fromisoformat(obs["effectiveDateTime"])
@@ -182,21 +194,50 @@ def test_synthea_blood_pressure_composites():
         return QuantityRow(param, v, UCUM, "mm[Hg]", "mm[Hg]", v, "mm[Hg]")
 
     def codes(param: str, code: str, text: str) -> list[TokenRow]:
-        return [TokenRow(param, loinc, code, text), TokenRow(param, "", None, text)]
+        return [TokenRow(param, loinc, code, text)]  # the text equals the display: no text-only row
 
     expected = set()
-    for name in ("component", "combo"):
+    for name in ("component", "combo"):  # combo-… is stored as the component-… (and code-…) rows
         for code, text, v in (("8462-4", "diastolic blood pressure", dia_v), ("8480-6", "systolic blood pressure", sys_v)):
-            for token in codes(f"{name}-code", code, text):
-                expected.add(CompositeRow(f"{name}-code-value-quantity", (token, q(f"{name}-value-quantity", v))))
+            for token in codes("component-code", code, text):
+                expected.add(CompositeRow(f"{name}-code-value-quantity", (token, q("component-value-quantity", v))))
     got = rows["component-code-value-quantity"] | rows["combo-code-value-quantity"]
     assert got == expected
-    assert len(got) == 8
+    assert len(got) == 4
     assert rows["component-value-quantity"] == {q("component-value-quantity", dia_v), q("component-value-quantity", sys_v)}
     assert "value-quantity" not in rows and "code-value-quantity" not in rows  # no Observation.value
     assert rows["combo-code"] == {*codes("combo-code", "55284-4", "blood pressure"),
                                   *codes("combo-code", "8462-4", "diastolic blood pressure"),
                                   *codes("combo-code", "8480-6", "systolic blood pressure")}
+
+
+def test_codeable_concept_text_row_only_when_no_display_says_it():
+    cc = {"coding": [{"system": "http://loinc.org", "code": "1-8", "display": "Acyclovir"}], "text": "ACYCLOVIR "}
+    obs = {"resourceType": "Observation", "code": cc}
+    assert rows_of(obs)["code"] == {TokenRow("code", "http://loinc.org", "1-8", "acyclovir")}
+    obs["code"] = {**cc, "text": "Zovirax level"}
+    assert rows_of(obs)["code"] == {TokenRow("code", "http://loinc.org", "1-8", "acyclovir"),
+                                    TokenRow("code", "", None, "zovirax level")}
+
+
+def test_derived_parameters_have_no_rows_of_their_own():
+    """combo-code (code | component-code) and patient (subject pointing at a Patient) are read
+    from their bases' rows (registry.Storage): the indexer writes none for them."""
+    registry = default_registry()
+    assert registry.storage("Observation", "combo-code").params == ("code", "component-code")
+    assert registry.storage("Observation", "combo-value-quantity").params == ("component-value-quantity",
+                                                                             "value-quantity")
+    assert registry.storage("Observation", "combo-code-value-quantity").params == (
+        "code-value-quantity", "component-code-value-quantity")
+    patient = registry.storage("Observation", "patient")
+    assert (patient.params, patient.target_type) == (("subject",), "Patient")
+    assert registry.storage("Immunization", "patient").own("patient")  # Immunization.patient: its own element
+    assert registry.storage("Observation", "code").own("code")
+    bp = entry(ABDUL, lambda r: r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == "55284-4")
+    bp["subject"] = {"reference": "Patient/p1"}
+    params = {row.param for row in fast().extract(bp)}
+    assert {"code", "component-code", "subject", "component-code-value-quantity"} <= params
+    assert not params & {"combo-code", "combo-value-quantity", "combo-code-value-quantity", "patient"}
 
 
 def test_synthea_encounter_period():
@@ -205,8 +246,7 @@ def test_synthea_encounter_period():
     rows = rows_of(enc)
     assert rows["date"] == {DateRow("date", second(1991, 6, 7, 23, 37, 54)[0], second(1991, 6, 7, 23, 52, 54)[1])}
     assert rows["class"] == {TokenRow("class", "http://terminology.hl7.org/CodeSystem/v3-ActCode", "AMB", None)}
-    assert rows["type"] == {TokenRow("type", "http://snomed.info/sct", "185349003", "encounter for check up (procedure)"),
-                            TokenRow("type", "", None, "encounter for check up (procedure)")}
+    assert rows["type"] == {TokenRow("type", "http://snomed.info/sct", "185349003", "encounter for check up (procedure)")}
     assert rows["status"] == {TokenRow("status", "", "finished", None)}
     assert rows["participant"] == {ReferenceRow("participant", None, None, enc["participant"][0]["individual"]["reference"])}
     assert "practitioner" not in rows  # resolve() is Practitioner: the urn:uuid: target's type is unknown
@@ -228,8 +268,7 @@ def test_synthea_condition_onset():
     assert rows["recorded-date"] == {DateRow("recorded-date", *second(1991, 6, 7, 23, 37, 54))}
     assert rows["clinical-status"] == {TokenRow("clinical-status",
                                                 "http://terminology.hl7.org/CodeSystem/condition-clinical", "active", None)}
-    assert rows["code"] == {TokenRow("code", "http://snomed.info/sct", "162864005", "body mass index 30+ - obesity (finding)"),
-                            TokenRow("code", "", None, "body mass index 30+ - obesity (finding)")}
+    assert rows["code"] == {TokenRow("code", "http://snomed.info/sct", "162864005", "body mass index 30+ - obesity (finding)")}
     age = {"resourceType": "Condition", "onsetAge": {"value": 30, "system": UCUM, "code": "wk"},
            "abatementString": "In remission"}
     rows = rows_of(age)
