@@ -9,7 +9,7 @@ Bundle) without a network hop. ``Prefer: return=minimal``, as bulk loaders send.
 ``model_validate`` of every resource, and an INSERT of one row per resource (id, type, JSON)
 into a plain table in the same database, one transaction (commit) per Bundle.
 
-Two passes, each timing the minimal path first and then the hub path:
+The two paths alternate Bundle by Bundle (``run_both``), in two passes:
 
 1. the corpus itself into the empty database (infrastructure batches, then patient
    transactions), read from the files inside the timing;
@@ -148,7 +148,7 @@ class IngestResult:
             }
         return {"method": "hub: Flask test client POST /fhir (in-process), Prefer: return=minimal; "
                           "minimal: orjson + fhir.resources model_validate + 1 INSERT row per resource, "
-                          "commit per Bundle; pass 1 the corpus into the empty database, pass 2 one "
+                          "commit per Bundle; the two paths alternate Bundle by Bundle; pass 1 the corpus into the empty database, pass 2 one "
                           "re-identified copy per patient Bundle on new connections after VACUUM ANALYZE",
                 "groups": groups, "entry_outcomes": self.outcomes, "stored_resources": self.stored}
 
@@ -187,70 +187,98 @@ def warm_up(corpus: Corpus, client: Any) -> None:
 
 # -- the two paths ----------------------------------------------------------------------------
 
-def run_minimal(db: BenchDatabase, items: list[Item]) -> dict[str, PathTiming]:
-    """The minimal path over ``items``, into a plain table dropped afterwards."""
-    engine = db.engine()
-    table = Table(MINIMAL_TABLE, MetaData(),
-                  Column("id", String(64), primary_key=True),
-                  Column("type", String(64), nullable=False),
-                  Column("content", JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False))
-    timings = _timings()
-    try:
-        table.create(engine)
-        with engine.begin() as conn:  # warm the pool and the statement path
-            conn.execute(insert(table), [{"id": "warm-up", "type": "Basic", "content": {}}])
-            conn.execute(table.delete())
-        for item in items:
-            t0 = time.perf_counter()
-            doc = orjson.loads(item.body())
-            rows = []
-            for entry in doc["entry"]:
-                resource = entry["resource"]
-                rtype = resource["resourceType"]
-                get_fhir_model_class(rtype).model_validate(resource)
-                rows.append({"id": str(uuid.uuid4()), "type": rtype, "content": resource})
-            with engine.begin() as conn:
-                conn.execute(insert(table), rows)
-            elapsed = time.perf_counter() - t0
-            for g in item.groups:
-                timings[g].add(len(rows), elapsed)
-    finally:
-        table.drop(engine, checkfirst=True)
-        engine.dispose()
-    return timings
+class MinimalPath:
+    """The minimal path: a plain table (dropped by :meth:`close`) on its own engine."""
+
+    def __init__(self, db: BenchDatabase) -> None:
+        self.engine = db.engine()
+        self.table = Table(MINIMAL_TABLE, MetaData(),
+                           Column("id", String(64), primary_key=True),
+                           Column("type", String(64), nullable=False),
+                           Column("content", JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False))
+        self.table.create(self.engine)
+        with self.engine.begin() as conn:  # warm the pool and the statement path
+            conn.execute(insert(self.table), [{"id": "warm-up", "type": "Basic", "content": {}}])
+            conn.execute(self.table.delete())
+
+    def run(self, item: Item) -> tuple[int, float]:
+        """(resources, seconds) of one Bundle: parse, validate each resource, insert, commit."""
+        t0 = time.perf_counter()
+        doc = orjson.loads(item.body())
+        rows = []
+        for entry in doc["entry"]:
+            resource = entry["resource"]
+            rtype = resource["resourceType"]
+            get_fhir_model_class(rtype).model_validate(resource)
+            rows.append({"id": str(uuid.uuid4()), "type": rtype, "content": resource})
+        with self.engine.begin() as conn:
+            conn.execute(insert(self.table), rows)
+        return len(rows), time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.table.drop(self.engine, checkfirst=True)
+        self.engine.dispose()
 
 
-def run_hub(db: BenchDatabase, corpus: Corpus, items: list[Item]
-            ) -> tuple[dict[str, PathTiming], list[dict[str, Any]], Counter[str]]:
-    """The hub path over ``items`` with a new app (new connections); returns the timings, the
-    response Bundles (in order) and the count of entry statuses."""
-    app = create_app(Config(database_url=db.url, base_url=BASE_URL, signing_key=str(KEY_FILE)))
-    client = authorized(app)
-    timings = _timings()
+class HubPath:
+    """The hub path: a new app (new database connections), warmed up, posting Bundles in process."""
+
+    def __init__(self, db: BenchDatabase, corpus: Corpus) -> None:
+        self.app = create_app(Config(database_url=db.url, base_url=BASE_URL, signing_key=str(KEY_FILE)))
+        self.client = authorized(self.app)
+        warm_up(corpus, self.client)
+
+    def run(self, item: Item) -> tuple[float, dict[str, Any], list[str]]:
+        """(seconds, response Bundle, entry statuses) of one Bundle; raises unless every entry succeeded."""
+        t0 = time.perf_counter()
+        resp = self.client.post("/fhir", data=item.body(),
+                                headers={"Content-Type": FHIR_JSON, "Prefer": "return=minimal"})
+        elapsed = time.perf_counter() - t0
+        if resp.status_code != 200:
+            raise RuntimeError(f"{item.label}: POST /fhir answered {resp.status_code}: "
+                               f"{resp.get_data(as_text=True)[:500]}")
+        response = orjson.loads(resp.get_data())
+        statuses = [(e.get("response") or {}).get("status", "?") for e in response.get("entry") or []]
+        bad = [s for s in statuses if not s.startswith(("200", "201"))]
+        if bad or len(statuses) != item.entries:
+            raise RuntimeError(f"{item.label}: {len(bad)} of {len(statuses)} entries failed, e.g. {bad[:3]}")
+        return elapsed, response, statuses
+
+    def close(self) -> None:
+        self.app.extensions["healthhub.db"].dispose()
+
+
+def run_both(db: BenchDatabase, corpus: Corpus, items: list[Item]
+             ) -> tuple[dict[str, PathTiming], dict[str, PathTiming], list[dict[str, Any]], Counter[str]]:
+    """Both paths over ``items``, alternating Bundle by Bundle (minimal first on even Bundles, the
+    hub first on odd ones), so that both see the same machine: on these shared 2-core machines
+    the speed drifts by a factor of two within minutes, and two separate passes measured the
+    drift as much as the paths. Returns the hub's and the minimal path's timings, the response
+    Bundles (in order) and the count of entry statuses."""
+    hub_t, minimal_t = _timings(), _timings()
     responses: list[dict[str, Any]] = []
     outcomes: Counter[str] = Counter()
+    minimal = MinimalPath(db)
     try:
-        warm_up(corpus, client)
-        for item in items:
-            t0 = time.perf_counter()
-            resp = client.post("/fhir", data=item.body(),
-                               headers={"Content-Type": FHIR_JSON, "Prefer": "return=minimal"})
-            elapsed = time.perf_counter() - t0
-            if resp.status_code != 200:
-                raise RuntimeError(f"{item.label}: POST /fhir answered {resp.status_code}: "
-                                   f"{resp.get_data(as_text=True)[:500]}")
-            response = orjson.loads(resp.get_data())
-            statuses = [(e.get("response") or {}).get("status", "?") for e in response.get("entry") or []]
-            outcomes.update(s.split(" ")[0] for s in statuses)
-            bad = [s for s in statuses if not s.startswith(("200", "201"))]
-            if bad or len(statuses) != item.entries:
-                raise RuntimeError(f"{item.label}: {len(bad)} of {len(statuses)} entries failed, e.g. {bad[:3]}")
-            for g in item.groups:
-                timings[g].add(item.entries, elapsed)
-            responses.append(response)
+        hub = HubPath(db, corpus)
+        try:
+            for i, item in enumerate(items):
+                if i % 2:
+                    elapsed, response, statuses = hub.run(item)
+                    n, m_elapsed = minimal.run(item)
+                else:
+                    n, m_elapsed = minimal.run(item)
+                    elapsed, response, statuses = hub.run(item)
+                outcomes.update(s.split(" ")[0] for s in statuses)
+                responses.append(response)
+                for g in item.groups:
+                    hub_t[g].add(item.entries, elapsed)
+                    minimal_t[g].add(n, m_elapsed)
+        finally:
+            hub.close()
     finally:
-        app.extensions["healthhub.db"].dispose()
-    return timings, responses, outcomes
+        minimal.close()
+    return hub_t, minimal_t, responses, outcomes
 
 
 # -- (a) --------------------------------------------------------------------------------------
@@ -266,12 +294,12 @@ def ingest_corpus(db: BenchDatabase, corpus: Corpus, log: Log) -> tuple[IngestRe
     finally:
         app.extensions["healthhub.db"].dispose()
     items = corpus_items(corpus)
-    log(f"  pass 1, the corpus into the empty database: minimal path over {corpus.resources:,} resources …")
-    minimal = run_minimal(db, items)
-    log(f"  pass 1 minimal path: {minimal['all'].rate:,.0f} resources/s; hub path …")
-    hub, responses, outcomes = run_hub(db, corpus, items)
-    log(f"  pass 1 hub path: {hub['all'].rate:,.0f} resources/s "
-        f"(patient transactions {hub['transaction'].rate:,.0f}/s)")
+    log(f"  pass 1, the corpus into the empty database: both paths over {corpus.resources:,} resources, "
+        "alternating Bundle by Bundle …")
+    hub, minimal, responses, outcomes = run_both(db, corpus, items)
+    log(f"  pass 1: minimal path {minimal['all'].rate:,.0f} resources/s, hub {hub['all'].rate:,.0f} resources/s "
+        f"(patient transactions {hub['transaction'].rate:,.0f}/s, {hub['transaction'].rate / minimal['transaction'].rate:.2f} "
+        "of the minimal path)")
     result = IngestResult()
     result.merge(hub, minimal, outcomes)
     loaded = []
@@ -291,8 +319,7 @@ def ingest_copies(db: BenchDatabase, corpus: Corpus, copies: list[Copy], result:
     items = copy_items(copies)
     log(f"  pass 2, {len(items)} re-identified copies ({sum(i.entries for i in items):,} resources) "
         "on new connections after VACUUM ANALYZE …")
-    minimal = run_minimal(db, items)
-    hub, _, outcomes = run_hub(db, corpus, items)
+    hub, minimal, _, outcomes = run_both(db, corpus, items)
     result.merge(hub, minimal, outcomes)
     g = "copies/fresh-connections"
     log(f"  pass 2: minimal {minimal[g].rate:,.0f} resources/s, hub {hub[g].rate:,.0f} resources/s")

@@ -80,13 +80,13 @@ def validate(resource: Any, expected_type: str | None = None) -> dict[str, Any]:
     if "id" in resource:
         check_id(resource["id"], f"{rtype}.id")
     try:
-        model = cls.model_validate(resource)
+        cls.model_validate(resource)
     except ValidationError as exc:
         raise FhirError(400, list(_issues(rtype, exc.errors(include_url=False)))) from None  # type: ignore[arg-type]
     except (ValueError, TypeError, RecursionError) as exc:
         raise FhirError(400, [Issue("error", "structure", f"Invalid {rtype}: {exc}", (rtype,))]) from None
     bad_codes = [Issue("error", "code-invalid", f"{path}: {code!r} is not one of {', '.join(sorted(allowed))}",
-                       (path,)) for path, code, allowed in bindings.violations(model, rtype)]
+                       (path,)) for path, code, allowed in bindings.violations(resource, rtype)]
     if bad_codes:
         raise FhirError(400, bad_codes)
     return resource

@@ -25,12 +25,25 @@ def assert_outcome(resp, status, code=None):
     b"{", b"not json", b'{"resourceType": "Patient",}', b"[1, 2", b"\x00\x01", b"",
     b'{"resourceType": "Patient", "name": [{"family": "\xff\xfe"}]}',  # not UTF-8
     b'{"resourceType": "Patient", "name": [{"family": "\xed\xa0\x80"}]}',  # UTF-8 surrogate
+    b'{"resourceType": "Patient", "name": [{"family": "a\\ud800b"}]}',  # escaped lone surrogate
+    b'{"resourceType": "Patient", "name": [{"family": "a\\uDC00"}]}',
+    b'{"resourceType": "Patient", "extension": [{"url": "http://x.org/e", "valueDecimal": NaN}]}',
+    b'{"resourceType": "Patient", "extension": [{"url": "http://x.org/e", "valueDecimal": -Infinity}]}',
 ])
 def test_malformed_body(client, db_counts, payload):
     before = db_counts()
     resp = client.post("/fhir/Patient", data=payload, headers={"Content-Type": FHIR_JSON})
-    assert_outcome(resp, 400)
+    body = assert_outcome(resp, 400)
     assert db_counts() == before
+    if payload:  # refused by the parser, not later
+        assert "not valid JSON" in body["issue"][0]["diagnostics"]
+
+
+def test_escaped_surrogate_pair_is_text(client):
+    resp = client.post("/fhir/Patient", data=b'{"resourceType": "Patient", "name": [{"family": "\\ud83d\\ude00"}]}',
+                       headers={"Content-Type": FHIR_JSON})
+    assert resp.status_code == 201
+    assert resp.json["name"][0]["family"] == "\U0001f600"
 
 
 def test_deeply_nested_json(client, db_counts):
