@@ -14,6 +14,7 @@ def create_app(config: Any = None) -> Any:
     from .api import auth as auth_api
     from .api import authorize as authorize_api
     from .api import fhir as fhir_api
+    from .api import ingest as ingest_api
     from .auth import service as auth_service
     from .config import Config
     from .db import Database
@@ -31,5 +32,19 @@ def create_app(config: Any = None) -> Any:
     auth_api.init_app(app)
     authorize_api.init_app(app)
     fhir_api.init_app(app)
+    ingest_api.init_app(app, ingest_pipeline(db, cfg))
     errors.init_app(app)
     return app
+
+
+def ingest_pipeline(db: Any, cfg: Any) -> Any:
+    """The ingest pipeline of a database (HTTP, MLLP and CLI share it), with patient matching."""
+    from .ingest.pipeline import Pipeline
+    from .mpi.index import update
+
+    def match_patients(session: Any, repo: Any, now: Any) -> None:
+        if repo.written_patients:
+            repo.touched.extend(update(session, repo.written_patients, now=now).touched)
+            repo.written_patients.clear()
+
+    return Pipeline(db, cfg.base_url, after_write=match_patients)

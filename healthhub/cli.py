@@ -169,8 +169,11 @@ def demo(force: bool) -> None:
     try:
         counts = demo_data.load(database, force=force)
         access = demo_data.seed_access(database)
+        made = demo_data.seed_senders(database)
     finally:
         database.dispose()
+    if made:
+        click.echo(f"demo sending hospitals registered: {', '.join(made)} (healthhub sender list)")
     for line in access or ["demo users and clients exist already (their credentials were shown when they "
                            "were made; `healthhub client create` and `user create` make more)"]:
         click.echo(line)
@@ -181,43 +184,6 @@ def demo(force: bool) -> None:
     click.echo("demo patients (synthetic, Synthea):")
     for pid, name in demo_data.patients():
         click.echo(f"  {cfg.fhir_base}/Patient/{pid}  {name}")
-
-
-@main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100000),
-              help="NDJSON lines per database transaction.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(paths: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
-    """Load FHIR resources and Bundles (.json) and NDJSON (.ndjson) from files or folders."""
-    from tqdm import tqdm
-
-    from .context import RequestContext
-    from .ingest.fhir_files import Summary, discover, ingest_file
-
-    files, skipped = discover(paths)
-    summary = Summary(skipped=skipped)
-    for name in skipped:
-        click.echo(f"skipped {name}: not a FHIR .json or .ndjson file", err=True)
-    if not files:
-        raise click.ClickException("nothing to ingest: no .json or .ndjson files in the given paths")
-    database = _database(_config())
-    ctx = RequestContext(actor="cli-ingest")
-    total = sum(f.stat().st_size for f in files)
-    try:
-        with tqdm(total=total, unit="B", unit_scale=True, disable=quiet or None, file=sys.stderr) as bar:
-            for path in files:
-                bar.set_postfix_str(path.name[-40:], refresh=False)
-                ingest_file(database, path, ctx, summary, bar.update, batch_size)
-    finally:
-        database.dispose()
-    for err in summary.errors[:50]:
-        click.echo(err, err=True)
-    if len(summary.errors) > 50:
-        click.echo(f"… and {len(summary.errors) - 50} more errors", err=True)
-    click.echo(summary.line())
-    if summary.errors:
-        sys.exit(1)
 
 
 @contextmanager
@@ -378,3 +344,16 @@ def keys_rotate() -> None:
     new = ring.rotate()
     click.echo(f"new signing key {new}; {old} retired (still verifies for {RETIRED_FOR // 3600} h). "
                "Running web processes sign with the new key within a minute.")
+
+
+def _add_ingest_commands() -> None:
+    """``sender``, ``mllp``, the ``ingest`` group (files, list, show, replay: healthhub/ingest/commands.py)
+    and the ``mpi`` group (reviews, link, reject, unlink: healthhub/mpi/cli.py)."""
+    from .ingest.commands import register
+    from .mpi.cli import mpi
+
+    register(main, lambda name: main.commands.pop(name, None))
+    main.add_command(mpi)
+
+
+_add_ingest_commands()

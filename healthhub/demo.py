@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonio
+from .clock import utcnow
 from .context import RequestContext
 from .db import Database
+from .mpi import index as mpi_index
 from .storage.bundle import BundleProcessor
 from .storage.models import AppState
 from .storage.repository import Repository
@@ -43,6 +45,7 @@ def load(db: Database, force: bool = False) -> Counter[str] | None:
         for path in sorted(DEMO_DIR.glob("*.json")):
             response = BundleProcessor(repo, db.config.fhir_base).process(idempotent(jsonio.loads(path.read_bytes())))
             counts.update(e["response"]["status"] for e in response["entry"])
+        mpi_index.update(session, repo.written_patients, now=utcnow())  # link records of one person
         if state is None:
             session.add(AppState(key=DEMO_KEY, value=DEMO_VERSION))
         else:
@@ -107,3 +110,21 @@ def _first_practitioner() -> str | None:
             if (entry.get("resource") or {}).get("resourceType") == "Practitioner":
                 return f"Practitioner/{entry['fullUrl'][len('urn:uuid:'):]}"
     return None
+
+
+#: Demo sending hospitals: HOSP-A for the README's HL7 v2 examples, H01-H03 for its CSV example.
+DEMO_SENDERS = (("HOSP-A", "Demo Hospital A"), ("H01", "Demo Hospital 01 (Bangkok)"),
+                ("H02", "Demo Hospital 02 (Chiang Mai)"), ("H03", "Demo Hospital 03 (Khon Kaen)"))
+
+
+def seed_senders(db: Database) -> list[str]:
+    """Register the demo senders that are missing (time zone Asia/Bangkok); their codes."""
+    from .ingest import senders
+
+    made = []
+    with db.transaction() as session:
+        for code, name in DEMO_SENDERS:
+            if session.get(senders.Sender, code) is None:
+                senders.create(session, code, name, utcnow(), timezone="Asia/Bangkok")
+                made.append(code)
+    return made

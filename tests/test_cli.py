@@ -110,8 +110,8 @@ def test_ingest_missing_path_or_nothing_to_ingest(cli, tmp_path):
     result = cli("ingest", str(tmp_path))
     assert result.exit_code != 0
     assert result.output.strip().splitlines() == [
-        f"skipped {tmp_path / 'notes.txt'}: not a FHIR .json or .ndjson file",
-        "Error: nothing to ingest: no .json or .ndjson files in the given paths"]
+        f"skipped {tmp_path / 'notes.txt'}: not a .json, .ndjson, .hl7 or .csv file",
+        "Error: nothing to ingest: no .json, .ndjson, .hl7 or .csv files in the given paths"]
 
 
 def test_database_errors_are_one_line(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from ..clock import aware, instant, utcnow
 from ..config import Config
 from ..context import RequestContext
 from ..db import Database
+from ..mpi import index as mpi_index
 from ..operations import OperationCall
 from ..operations import load as load_operations
 from ..outcome import FhirError, Issue, forbidden, information, invalid, not_found, not_supported
@@ -32,7 +33,7 @@ from ..search.registry import default_registry
 from ..search.searchset import searchset
 from ..storage.bundle import BundleProcessor
 from ..storage.repository import Repository, Stored, WriteResult, parse_etag
-from . import audit_hooks, http
+from . import archive_hooks, audit_hooks, http
 from .capability import capability_statement, supports
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -74,10 +75,14 @@ def unit_of_work() -> Iterator[Repository]:
     with db.transaction() as session:
         repo = Repository(session, _request_context())
         yield repo
+        if repo.written_patients:  # match and link them, in the same transaction (healthhub/mpi)
+            repo.touched.extend(mpi_index.update(session, repo.written_patients, now=utcnow()).touched)
+        archive_hooks.record_success(session)  # the body, kept raw, with the change
         audit_hooks.record_success(session, repo)  # in the same transaction as the change
 
 
 bp.after_request(audit_hooks.record_failure)
+bp.after_request(archive_hooks.record_failure)
 
 
 def _type(name: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import jsonio
@@ -46,8 +46,10 @@ def read_body() -> bytes:
         data = request.environ["wsgi.input"].read(limit + 1)
         if len(data) > limit:
             raise RequestEntityTooLarge()
-        return data
-    return request.get_data(cache=False)
+    else:
+        data = request.get_data(cache=False)
+    g.inbound_body = data  # for the archive (api/archive_hooks.py)
+    return data
 
 
 def negotiate() -> str:

@@ -123,7 +123,8 @@ class Access:
         if rule.context == "patient" and resource_type not in SHARED_TYPES:
             if self.grant.patient is None:
                 return None  # a patient/ scope without a patient in context allows nothing
-            compartment = in_compartment(resource_type, self.grant.patient)
+            # The patient's person: the records other hospitals keep of them too (healthhub/mpi).
+            compartment = in_compartment(resource_type, self.grant.patient, linked=True)
             if compartment is None:
                 return None
             conds.append(compartment)

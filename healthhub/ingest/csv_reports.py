@@ -70,6 +70,8 @@ class RowResult:
     errors: dict[str, list[str]] = field(default_factory=dict)
     bundle: dict[str, Any] | None = None
     notes: list[Note] = field(default_factory=list)
+    #: The reporting hospital's code (a good row only).
+    sender: str | None = None
 
 
 def read_rows(stream: BinaryIO, profile: Profile,
@@ -254,7 +256,7 @@ def _rows(records: _Records, headers: list[str], profile: Profile,
             continue
         notes: list[Note] = []
         bundle = _bundle(data, profile, sender, notes)
-        yield RowResult(row, case_id, raw, {}, bundle, notes)
+        yield RowResult(row, case_id, raw, {}, bundle, notes, sender.code)
 
 
 def _messages(exc: ValidationError) -> dict[str, list[str]]:
@@ -336,7 +338,7 @@ def _bundle(data: Mapping[str, Any], profile: Profile, sender: SenderProfile, no
     """The transaction Bundle of one valid row: Patient (create if absent), Condition and Observation (upsert)."""
     patient_url, condition_url = _urn(), _urn()
     observation_url = _urn() if data.get("test_code") else None
-    case_system = f"urn:healthhub:sender:{sender.code}:case"
+    case_system = sender.system("case")
     patient, key = _patient(data, sender)
     entries = [{"fullUrl": patient_url, "resource": patient,
                 # Conditional create: a case report never overwrites what a hospital feed sent.

@@ -22,9 +22,11 @@ from ..clock import utcnow
 from ..context import RequestContext
 from ..db import Database
 from ..jsonio import parse_json
+from ..mpi import index as mpi_index
 from ..outcome import FhirError
 from ..storage.bundle import BundleProcessor
 from ..storage.repository import Repository
+from . import archive
 
 FHIR_SUFFIXES = (".json", ".ndjson")
 
@@ -68,18 +70,33 @@ def ingest_file(db: Database, path: Path, ctx: RequestContext, summary: Summary,
         _ingest_ndjson(db, path, ctx, summary, progress, batch_size)
         return
     data = path.read_bytes()
+    arrival = archive.Arrival("cli", "fhir", data, "application/fhir+json", peer=str(path)[:512],
+                              message_type=path.name[:64])
     try:
         doc = parse_json(data)
         with db.transaction() as session:
             repo = Repository(session, ctx)
-            summary.outcomes.update(apply_document(repo, doc, db.config.fhir_base, summary.errors, str(path)))
+            errors: list[str] = []
+            counts = apply_document(repo, doc, db.config.fhir_base, errors, str(path))
+            summary.outcomes.update(counts)
+            summary.errors.extend(errors)
+            _match_patients(repo)
+            archive.add(session, arrival, "partial" if errors else "stored", utcnow(), {
+                "outcomes": dict(counts), **({"errors": errors[:50]} if errors else {})})
             _audit(db, session, ctx, f"ingest {path}", repo.touched)
     except FhirError as err:
         summary.outcomes["failed"] += 1
         summary.errors.append(f"{path}: {_describe(err)}")
         with db.transaction() as session:
+            archive.add(session, arrival, "rejected", utcnow(), {"status": err.status, "error": _describe(err)[:500]})
             _audit(db, session, ctx, f"ingest {path}", [], err.status, _describe(err))
     progress(len(data))
+
+
+def _match_patients(repo: Repository) -> None:
+    """Link the Patients just stored to the other records of their person (healthhub/mpi)."""
+    if repo.written_patients:
+        repo.touched.extend(mpi_index.update(repo.session, repo.written_patients, now=utcnow()).touched)
 
 
 def _audit(db: Database, session: Session, ctx: RequestContext, what: str, touched: list[str], status: int = 200,
@@ -124,6 +141,12 @@ def store_resource(repo: Repository, resource: Any) -> str:
 
 def _ingest_ndjson(db: Database, path: Path, ctx: RequestContext, summary: Summary,
                    progress: Callable[[int], None], batch_size: int) -> None:
+    """Batches of lines, each in a transaction that also archives those lines' bytes (the file
+    is archived in pieces as it is read: never whole in memory)."""
+    message_id = archive.add_alone(db, archive.Arrival("cli", "fhir", None, "application/fhir+ndjson",
+                                                       peer=str(path)[:512], message_type=path.name[:64]),
+                                   "received", utcnow())
+    digest, seq, failed_before = archive.Digest(), 0, summary.outcomes["failed"]
     with path.open("rb") as fh:
         lines = enumerate(fh, start=1)
         while True:
@@ -131,6 +154,10 @@ def _ingest_ndjson(db: Database, path: Path, ctx: RequestContext, summary: Summa
             if not chunk:
                 break
             with db.transaction() as session:
+                piece = b"".join(raw for _, raw in chunk)
+                digest.update(piece)
+                archive.add_chunk(session, message_id, seq, piece)
+                seq += 1
                 repo = Repository(session, ctx)
                 for number, raw in chunk:
                     progress(len(raw))
@@ -142,7 +169,12 @@ def _ingest_ndjson(db: Database, path: Path, ctx: RequestContext, summary: Summa
                     except FhirError as err:
                         summary.outcomes["failed"] += 1
                         summary.errors.append(f"{path}:{number}: {_describe(err)}")
+                _match_patients(repo)
                 _audit(db, session, ctx, f"ingest {path} lines {chunk[0][0]}-{chunk[-1][0]}", repo.touched)
+    failed = summary.outcomes["failed"] - failed_before
+    with db.transaction() as session:
+        archive.finish(session, message_id, "partial" if failed else "stored", utcnow(),
+                       {"failed_lines": failed}, digest=digest.value())
 
 
 def _take(it: Iterator[Any], n: int) -> Iterator[Any]:

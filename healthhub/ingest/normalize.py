@@ -41,14 +41,19 @@ class SenderProfile:
     #: Local coding-system names (HL7 CWE-3 such as ``"L"``, ``"99LAB"``) → system URI.
     code_systems: Mapping[str, str] = field(default_factory=dict)
 
+    def system(self, kind: str) -> str:
+        """``urn:healthhub:sender:<code>:<kind>``: a system only this sender's values live in (the
+        code percent-encoded: hospital codes such as MSH-4 names may hold spaces, a URI may not)."""
+        return f"urn:healthhub:sender:{quote(self.code, safe='-._~')}:{kind}"
+
     @property
     def mrn_system(self) -> str:
         """System of this sender's own record numbers when no assigning authority is known."""
-        return f"urn:healthhub:sender:{self.code}:mrn"
+        return self.system("mrn")
 
     def local_code_system(self, name: str) -> str:
         """System URI for a coding system that only this sender uses."""
-        return f"urn:healthhub:sender:{self.code}:codesystem:{name}"
+        return self.system(f"codesystem:{name}")
 
 
 @dataclass(frozen=True)

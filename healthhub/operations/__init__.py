@@ -68,7 +68,7 @@ def operation(code: str, methods: set[str]) -> Callable[[Handler], Handler]:
 @lru_cache(maxsize=1)
 def load() -> dict[str, Operation]:
     """Pair the definitions in ``fhir/operations`` with their handlers."""
-    from . import everything, meta, validate  # noqa: F401  (they register their handlers)
+    from . import everything, match, meta, validate  # noqa: F401  (they register their handlers)
 
     definitions = {}
     for path in sorted(DEFINITIONS_DIR.glob("OperationDefinition-*.json")):

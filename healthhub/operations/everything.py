@@ -1,5 +1,8 @@
 """``Patient/{id}/$everything`` (https://hl7.org/fhir/R4B/patient-operation-everything.html).
 
+The patient is the person: the records of every Patient the master patient index links to it
+(other hospitals' records, merged ones) are part of the answer, those Patients included.
+
 One SELECT for the page and one COUNT, whatever the size of the record; paged by keyset on
 (resource_type, id) so pages stay correct while the record grows.
 """
@@ -37,7 +40,8 @@ def everything(call: OperationCall) -> tuple[int, dict[str, Any]]:
     if access is not None:
         types = tuple(access.readable_types(types if types is not None else resources.resource_types()))
     where: list[ColumnElement[bool]] = [
-        tuple_(R.resource_type, R.id).in_(compartment_everything(call.resource_id, types)), R.deleted.is_(False)]
+        tuple_(R.resource_type, R.id).in_(compartment_everything(call.resource_id, types, linked=True)),
+        R.deleted.is_(False)]
     if access is not None:
         where.append(_visible(access, types or ()))
     if since is not None:

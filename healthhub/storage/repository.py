@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from .. import resources
 from ..clock import aware, instant, utcnow
 from ..context import PERMISSION_NAMES, RequestContext
+from ..mpi import links as mpi_links
 from ..outcome import (
     FhirError,
     Issue,
@@ -93,6 +94,11 @@ class Repository:
         self.touched: list[str] = []
         #: Whether anything was written (a change, whose audit record must be durable with it).
         self.wrote = False
+        #: Ids of the Patients created, updated or deleted, for the master patient index
+        #: (``healthhub.mpi.index.update``, called once per unit of work).
+        self.written_patients: list[str] = []
+        #: ``Type/id/_history/vid`` of every version written (created, updated or deleted).
+        self.written: list[str] = []
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -301,8 +307,13 @@ class Repository:
         return WriteResult(self._write(rtype, new_id, resource, 1, "POST", previous=None), "created")
 
     def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
-               if_match: str | None = None, method: str = "PUT") -> WriteResult:
-        """Update (or create with the client's id); an unchanged body makes no new version."""
+               if_match: str | None = None, method: str = "PUT", mpi: bool = False) -> WriteResult:
+        """Update (or create with the client's id); an unchanged body makes no new version.
+
+        A Patient keeps the links the master patient index made (``Patient.link`` with its
+        extension) when the new body lacks them: a hospital re-sending its record does not know
+        them (:func:`healthhub.mpi.links.carry_over`). ``mpi``: the MPI itself is writing them.
+        """
         resources.check_id(resource_id)
         resources.validate(resource, resource_type)
         body_id = resource.get("id")
@@ -316,6 +327,8 @@ class Repository:
         _check_if_match(current, if_match, resource_type, resource_id)
         if current is None:
             return WriteResult(self._write(resource_type, resource_id, resource, 1, method, None), "created")
+        if resource_type == "Patient" and not mpi and not current.deleted:
+            resource = mpi_links.carry_over(current.content, resource)
         if not current.deleted and _same_content(current.content, resource, self.ctx):
             return WriteResult(current, "unchanged")
         outcome = "created" if current.deleted else "updated"
@@ -470,7 +483,10 @@ class Repository:
             content["meta"] = meta
         deleted = resource is None
         self.touched.append(f"{resource_type}/{resource_id}")
+        self.written.append(f"{resource_type}/{resource_id}/_history/{version_id}")
         self.wrote = True
+        if resource_type == "Patient":
+            self.written_patients.append(resource_id)
         values = dict(version_id=version_id, last_updated=now, deleted=deleted, content=content)
         if previous is None and self._pending is not None:
             self._pending.add(resource_type, resource_id, method, values, content)
@@ -609,7 +625,7 @@ def _same_content(stored: dict[str, Any] | None, incoming: dict[str, Any], ctx: 
     def strip(doc: dict[str, Any]) -> dict[str, Any]:
         out = dict(doc)
         meta = {k: v for k, v in (out.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        if ctx.organization or (ctx.source and meta.get("source") == ctx.source):
+        if ctx.organization or ctx.source:  # the writer stamps its own source: not a change by itself
             meta.pop("source", None)
         out.pop("meta", None)
         if meta:

@@ -17,7 +17,7 @@ from healthhub.ingest.normalize import SenderProfile
 
 def sender_system(sender: SenderProfile, kind: str) -> str:
     """``urn:healthhub:sender:<code>:<kind>``: a system only this sender's keys live in."""
-    return f"urn:healthhub:sender:{sender.code}:{kind}"
+    return sender.system(kind)
 
 
 def criteria(system: str, value: str) -> str:

@@ -1,0 +1,263 @@
+"""HL7 v2 over HTTP, MLLP and the CLI: stored, archived, acknowledged, deduplicated, replayed.
+
+Expected values are read from the raw messages in the tests (split on their own separators).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from healthhub.clock import utcnow
+from healthhub.ingest import senders
+from healthhub.ingest.models import InboundMessage
+from tests.conftest import DATA, authorized
+
+HL7 = "x-application/hl7-v2+er7"
+MESSAGES = sorted((DATA / "hl7v2").glob("*.hl7"))
+MALFORMED = sorted((DATA / "hl7v2" / "malformed").glob("*.hl7"))
+
+
+def segments(data: bytes) -> list[list[str]]:
+    text = data.decode("utf-8-sig")
+    lines = [line.strip() for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line.strip()]
+    fs = lines[0][3]
+    return [line.split(fs) for line in lines]
+
+
+def facility(data: bytes) -> str:
+    """MSH-4.1 (else MSH-3.1): the sender's hospital code, read from the raw text."""
+    msh = next(s for s in segments(data) if s[0] == "MSH")
+    component = msh[1][0]
+    for value in (msh[3] if len(msh) > 3 else "", msh[2]):
+        first = value.split(component)[0].strip()
+        if first:
+            return first
+    return ""
+
+
+def register(app: Any, code: str, client_id: str | None = None, **kw: Any) -> None:
+    db = app.extensions["healthhub.db"]
+    with db.transaction() as session:
+        if session.get(senders.Sender, code) is None:
+            senders.create(session, code, f"Hospital {code}", utcnow(), client_id=client_id, **kw)
+
+
+def ack_fields(ack: bytes) -> dict[str, list[list[str]]]:
+    out: dict[str, list[list[str]]] = {}
+    for seg in segments(ack):
+        out.setdefault(seg[0], []).append(seg)
+    return out
+
+
+def post_hl7(client: Any, data: bytes) -> dict[str, list[list[str]]]:
+    resp = client.post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7})
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
+    assert resp.mimetype == HL7
+    return ack_fields(resp.data)
+
+
+def archive_rows(app: Any) -> list[InboundMessage]:
+    with app.extensions["healthhub.db"].transaction() as session:
+        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+        session.expunge_all()
+        return rows
+
+
+@pytest.fixture
+def sender_client(app: Any):
+    """A client registered as the sender of a message's facility."""
+    def make(data: bytes, **kw: Any) -> Any:
+        code = facility(data) or "NO-FACILITY"  # a message without MSH-3/4: the client says who sends
+        client_id = f"hl7-{code}"[:60]
+        register(app, code, client_id, **kw)
+        return authorized(app, client_id=client_id)
+    return make
+
+
+def test_oru_is_stored_with_provenance_and_archived(app, sender_client, client):
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    segs = segments(data)
+    msh = segs[0]
+    ack = post_hl7(sender_client(data), data)
+    assert ack["MSA"][0][1] == "AA" and ack["MSA"][0][2] == msh[9]
+    obx = [s for s in segs if s[0] == "OBX"]
+    pid = next(s for s in segs if s[0] == "PID")
+    family = pid[5].split("^")[0]
+    patients = client.get(f"/fhir/Patient?family={family}").json
+    assert patients["total"] == 1
+    patient = patients["entry"][0]["resource"]
+    observations = client.get(f"/fhir/Observation?subject=Patient/{patient['id']}").json
+    assert observations["total"] == len(obx)
+    glucose = observations["entry"][0]["resource"]
+    assert glucose["code"]["coding"][0]["code"] == obx[0][3].split("^")[0]
+    rows = archive_rows(app)
+    assert [(r.transport, r.outcome, r.control_id) for r in rows] == [("http-hl7v2", "stored", msh[9])]
+    assert rows[0].payload == data and rows[0].size == len(data)
+    source = f"http://hub.test/ingest/archive/{rows[0].id}"
+    assert patient["meta"]["source"] == source and glucose["meta"]["source"] == source
+    provenance = client.get(f"/fhir/Provenance?target=Observation/{glucose['id']}").json["entry"][0]["resource"]
+    targets = {t["reference"].split("/_history/")[0] for t in provenance["target"]}
+    assert f"Patient/{patient['id']}" in targets and f"Observation/{glucose['id']}" in targets
+    assert provenance["entity"][0]["what"]["identifier"] == {"system": "urn:healthhub:inbound", "value": str(rows[0].id)}
+
+
+@pytest.mark.parametrize("path", MESSAGES, ids=lambda p: p.name)
+def test_every_sample_message_gets_an_ack_and_an_archive_row(app, sender_client, path):
+    data = path.read_bytes()
+    ack = post_hl7(sender_client(data), data)
+    code = ack["MSA"][0][1]
+    assert code in ("AA", "AE"), ack
+    pid3 = [s[3] for s in segments(data) if s[0] == "PID" and len(s) > 3]
+    if code == "AE":  # only a message without any patient identifier (PID-3.1) is refused in this set
+        assert all(not rep.split("^")[0].strip() for p in pid3 for rep in p.split("~")) and "ERR" in ack
+    rows = archive_rows(app)
+    assert rows[-1].outcome == ("stored" if code == "AA" else "rejected")
+    assert rows[-1].payload == data
+
+
+@pytest.mark.parametrize("path", MALFORMED, ids=lambda p: p.name)
+def test_malformed_messages_are_refused_precisely_and_kept(app, client, path):
+    data = path.read_bytes()
+    register(app, "ANY", "hl7-any")
+    resp = authorized(app, client_id="hl7-any").post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7})
+    assert resp.status_code == 200
+    ack = ack_fields(resp.data)
+    assert ack["MSA"][0][1] in ("AA", "AE", "AR")
+    if ack["MSA"][0][1] != "AA":
+        assert "ERR" in ack
+    assert archive_rows(app)[-1].payload == data
+    assert client.get("/fhir/metadata").status_code == 200  # still serving
+
+
+def test_resent_message_is_acknowledged_and_not_stored_twice(app, sender_client, client):
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    sender = sender_client(data)
+    post_hl7(sender, data)
+    before = client.get("/fhir/Observation").json["total"]
+    versions = client.get("/fhir/Observation/_history").json["total"]
+    ack = post_hl7(sender, data)
+    assert ack["MSA"][0][1] == "AA" and "Duplicate" in "|".join(ack["MSA"][0])
+    assert client.get("/fhir/Observation").json["total"] == before
+    assert client.get("/fhir/Observation/_history").json["total"] == versions
+    assert [r.outcome for r in archive_rows(app)] == ["stored", "duplicate"]
+
+
+def test_adt_updates_the_same_patient(app, sender_client, client):
+    a01 = (DATA / "hl7v2" / "ms_adt_a01_01.hl7").read_bytes()
+    sender = sender_client(a01)
+    assert post_hl7(sender, a01)["MSA"][0][1] == "AA"
+    pid = next(s for s in segments(a01) if s[0] == "PID")
+    mrn = pid[3].split("~")[0].split("^")[0]
+    a08 = a01.replace(b"ADT^A01^ADT_A01", b"ADT^A08^ADT_A01").replace(b"|A01|", b"|A08|")
+    msh10 = segments(a01)[0][9]
+    a08 = a08.replace(f"|{msh10}|".encode(), f"|{msh10}-8|".encode(), 1)
+    a08 = a08.replace(pid[5].split("^")[1].encode(), b"Renamed", 1)
+    assert post_hl7(sender, a08)["MSA"][0][1] == "AA"
+    found = client.get(f"/fhir/Patient?identifier={mrn}").json
+    assert found["total"] == 1
+    patient = found["entry"][0]["resource"]
+    assert patient["meta"]["versionId"] == "2"
+    assert "Renamed" in patient["name"][0]["given"]
+
+
+def test_unregistered_sender_is_refused_then_replayed(app, client, cli):
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    resp = authorized(app, client_id="unbound-client").post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7})
+    ack = ack_fields(resp.data)
+    assert ack["MSA"][0][1] == "AR"
+    rows = archive_rows(app)
+    assert rows[-1].outcome == "rejected"
+    listed = cli("ingest", "list", "--failed")
+    assert listed.exit_code == 0 and str(rows[-1].id) in listed.output
+    register(app, facility(data))  # the operator registers the hospital …
+    replayed = cli("ingest", "replay", "--id", str(rows[-1].id))  # … and replays its message
+    assert replayed.exit_code == 0, replayed.output
+    assert "HL7 AA" in replayed.output
+    assert client.get("/fhir/Observation").json["total"] == sum(1 for s in segments(data) if s[0] == "OBX")
+    outcomes = {r.id: (r.outcome, r.replay_of) for r in archive_rows(app)}
+    assert outcomes[rows[-1].id][0] == "replayed"
+    assert ("stored", rows[-1].id) in outcomes.values()
+    assert cli("ingest", "replay", "--id", str(rows[-1].id)).exit_code == 1  # not twice
+
+
+def test_client_may_only_send_as_its_own_hospital(app, sender_client):
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    register(app, "HOSP-B", "client-b")
+    ack = post_hl7(authorized(app, client_id="client-b"), data)
+    assert ack["MSA"][0][1] == "AR" and "HOSP-B" in "|".join(ack["ERR"][0])
+
+
+def test_http_errors(app):
+    assert app.test_client().post("/ingest/hl7v2", data=b"MSH|", headers={"Content-Type": HL7}).status_code == 401
+    resp = authorized(app).post("/ingest/hl7v2", data=b"MSH|", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 415 and resp.json["resourceType"] == "OperationOutcome"
+
+
+def test_concurrent_copies_of_one_message_store_it_once(app, sender_client, client):
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    sender = sender_client(data)
+    codes: list[str] = []
+
+    def send() -> None:
+        resp = sender.post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7})
+        codes.append(ack_fields(resp.data)["MSA"][0][1])
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == ["AA"] * 4
+    outcomes = sorted(r.outcome for r in archive_rows(app))
+    assert outcomes == ["duplicate"] * 3 + ["stored"]
+    assert client.get("/fhir/Observation").json["total"] == sum(1 for s in segments(data) if s[0] == "OBX")
+
+
+def test_mllp_listener_end_to_end(app, client):
+    """A real MLLP listener on a port, the pipeline behind it: several messages on one
+    connection, each ACKed, each stored; garbage between frames does no harm."""
+    import asyncio
+    import socket
+
+    from healthhub import ingest_pipeline
+    from healthhub.ingest.mllp import MllpServer, send
+    from healthhub.ingest.pipeline import Caller
+
+    paths = ["ms_oru_r01_rmgead.hl7", "ms_adt_a01_01.hl7", "ms_vxu.hl7"]
+    datas = [(DATA / "hl7v2" / p).read_bytes() for p in paths]
+    for data in datas:
+        register(app, facility(data))
+    db = app.extensions["healthhub.db"]
+    pipeline = ingest_pipeline(db, db.config)
+    server = MllpServer(lambda f: pipeline.receive_hl7v2(f.data, Caller("mllp", peer=f.peer), truncated=f.truncated),
+                        "127.0.0.1", 0, idle_timeout=5)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_until_complete(server.serve_forever())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(5)
+    try:
+        acks = send("127.0.0.1", server.port, [d.replace(b"\n", b"\r") for d in datas])
+        assert [ack_fields(a)["MSA"][0][1] for a in acks] == ["AA", "AA", "AA"]
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:  # garbage, then a re-sent message
+            sock.sendall(b"garbage\x1c\r" + b"\x0b" + datas[0] + b"\x1c\r")
+            reply = b""
+            while not reply.endswith(b"\x1c\r"):
+                reply += sock.recv(65536)
+        assert "Duplicate" in reply.decode()
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        thread.join(10)
+        loop.close()
+    assert [r.transport for r in archive_rows(app)][:3] == ["mllp"] * 3
+    assert client.get("/fhir/Immunization").json["total"] >= 1
