@@ -261,3 +261,88 @@ def test_mllp_listener_end_to_end(app, client):
         loop.close()
     assert [r.transport for r in archive_rows(app)][:3] == ["mllp"] * 3
     assert client.get("/fhir/Immunization").json["total"] >= 1
+
+
+def adt(event: str, control: str, pid3: str, name: str, extra: str = "") -> bytes:
+    """A small ADT message written for the test (not from the shared samples)."""
+    lines = [f"MSH|^~\\&|ADT|HOSP-M|HUB|MOPH|20240101120000||ADT^{event}|{control}|P|2.5.1",
+             f"EVN|{event}|20240101120000",
+             f"PID|1||{pid3}^^^HOSP-M^MR||{name}||19800101|F|||1 Main St^^Springfield^^12345"]
+    return ("\r".join(lines + ([extra] if extra else [])) + "\r").encode()
+
+
+def test_a03_finishes_the_same_encounter_and_a40_merges(app, client):
+    register(app, "HOSP-M")
+    sender = authorized(app)
+    pv1 = "PV1|1|I|W1^101^1||||||||||||||||V-1|||||||||||||||||||||||||20240101110000"
+    assert post_hl7(sender, adt("A01", "M1", "MRN1", "Doe^Jane", pv1))["MSA"][0][1] == "AA"
+    pv1_out = pv1 + "|20240105090000"
+    assert post_hl7(sender, adt("A03", "M2", "MRN1", "Doe^Jane", pv1_out))["MSA"][0][1] == "AA"
+    encounters = client.get("/fhir/Encounter?identifier=V-1").json
+    assert encounters["total"] == 1
+    assert encounters["entry"][0]["resource"]["status"] == "finished"
+    assert post_hl7(sender, adt("A01", "M3", "MRN2", "Roe^Richard"))["MSA"][0][1] == "AA"
+    merge = adt("A40", "M4", "MRN1", "Doe^Jane", "MRG|MRN2^^^HOSP-M^MR")
+    assert post_hl7(sender, merge)["MSA"][0][1] == "AA"
+    surviving = client.get("/fhir/Patient?identifier=MRN1").json["entry"][0]["resource"]
+    retired = client.get("/fhir/Patient?identifier=MRN2").json["entry"][0]["resource"]
+    assert retired["active"] is False
+    assert {"other": {"reference": f"Patient/{surviving['id']}"}, "type": "replaced-by"}.items() <= \
+        next(link for link in retired["link"] if link["type"] == "replaced-by").items()
+    assert any(link["type"] == "replaces" and link["other"]["reference"] == f"Patient/{retired['id']}"
+               for link in surviving["link"])
+    # the surviving record's $everything now holds the retired record's encounter-less history too
+    everything = client.get(f"/fhir/Patient/{surviving['id']}/$everything").json
+    assert f"Patient/{retired['id']}" in {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                                         for e in everything["entry"]}
+
+
+def test_a_twenty_megabyte_message_is_stored_and_archived(app, client):
+    register(app, "HOSP-M")
+    big = "x" * 20_000_000
+    data = ("MSH|^~\\&|LAB|HOSP-M|HUB|MOPH|20240101120000||ORU^R01|BIG|P|2.5.1\r"
+            "PID|1||MRN9^^^HOSP-M^MR||Big^Bertha||19700101|F\r"
+            "OBR|1||F1^LAB|11526-1^Pathology study^LN|||20240101110000\r"
+            f"OBX|1|TX|11526-1^Pathology study^LN||{big}||||||F\r").encode()
+    ack = post_hl7(authorized(app), data)
+    assert ack["MSA"][0][1] == "AA"
+    observation = client.get("/fhir/Observation?code=11526-1").json["entry"][0]["resource"]
+    assert len(observation["valueString"]) == len(big)
+    assert archive_rows(app)[-1].size == len(data)
+
+
+def test_a_frame_over_the_mllp_limit_is_refused_and_its_start_kept(app):
+    import asyncio
+
+    from healthhub import ingest_pipeline
+    from healthhub.ingest.mllp import MllpServer, send
+
+    register(app, "HOSP-M")
+    db = app.extensions["healthhub.db"]
+    pipeline = ingest_pipeline(db, db.config)
+    from healthhub.ingest.pipeline import Caller
+    server = MllpServer(lambda f: pipeline.receive_hl7v2(f.data, Caller("mllp", peer=f.peer), truncated=f.truncated),
+                        "127.0.0.1", 0, max_message=2000, idle_timeout=5)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_until_complete(server.serve_forever())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(5)
+    try:
+        message = adt("A01", "TOO-BIG", "MRN1", "Doe^Jane", "NTE|1||" + "y" * 5000)
+        [ack] = send("127.0.0.1", server.port, [message])
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        thread.join(10)
+        loop.close()
+    fields = ack_fields(ack)
+    assert fields["MSA"][0][1] == "AR" and fields["MSA"][0][2] == "TOO-BIG"
+    row = archive_rows(app)[-1]
+    assert row.outcome == "rejected" and row.payload == message[:2000]
