@@ -174,3 +174,49 @@ def post_json(client: Any, url: str, body: Any, **headers: str) -> Any:
 
 def put_json(client: Any, url: str, body: Any, **headers: str) -> Any:
     return client.put(url, data=orjson.dumps(body), headers={"Content-Type": FHIR_JSON, **headers})
+
+
+def archived(app: Any) -> list[Any]:
+    """The inbound archive's rows, oldest first (detached from their session)."""
+    from sqlalchemy import select
+
+    from healthhub.ingest.models import InboundMessage
+
+    with app.extensions["healthhub.db"].transaction() as session:
+        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+        session.expunge_all()
+        return rows
+
+
+@contextmanager
+def mllp_listener(app: Any, **options: Any) -> Iterator[Any]:
+    """A real MLLP listener on an ephemeral port, the app's ingest pipeline behind it, served by
+    an event loop in a thread; yields the server (``server.port``)."""
+    import asyncio
+
+    from healthhub import ingest_pipeline
+    from healthhub.ingest.mllp import MllpServer
+    from healthhub.ingest.pipeline import Caller
+
+    db = app.extensions["healthhub.db"]
+    pipeline = ingest_pipeline(db, db.config)
+    server = MllpServer(lambda f: pipeline.receive_hl7v2(f.data, Caller("mllp", peer=f.peer), truncated=f.truncated),
+                        "127.0.0.1", 0, **{"idle_timeout": 5, **options})
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_until_complete(server.serve_forever())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(5), "the MLLP listener did not start"
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        thread.join(10)
+        loop.close()

@@ -176,9 +176,9 @@ def ingest_files(paths: tuple[Path, ...], profile: str, dry_run: bool, batch_siz
 
     from ..context import RequestContext
     from .csv_profile import ProfileError, UnknownProfileError, load_profile
-    from .fhir_files import FHIR_SUFFIXES, Summary, ingest_file
+    from .fhir_files import FHIR_SUFFIXES, Summary, discover, ingest_file
 
-    files, skipped = _discover(paths, (*FHIR_SUFFIXES, *HL7_SUFFIXES, *CSV_SUFFIXES))
+    files, skipped = discover(paths, (*FHIR_SUFFIXES, *HL7_SUFFIXES, *CSV_SUFFIXES))
     for name in skipped:
         click.echo(f"skipped {name}: not a .json, .ndjson, .hl7 or .csv file", err=True)
     if not files:
@@ -214,20 +214,6 @@ def ingest_files(paths: tuple[Path, ...], profile: str, dry_run: bool, batch_siz
     click.echo(summary.line())
     if summary.errors:
         sys.exit(1)
-
-
-def _discover(paths: tuple[Path, ...], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    files: list[Path] = []
-    skipped: list[str] = []
-    for path in paths:
-        if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                (files if child.suffix.lower() in suffixes else skipped).append(child)  # type: ignore[arg-type]
-        elif path.is_file():
-            (files if path.suffix.lower() in suffixes else skipped).append(path)  # type: ignore[arg-type]
-        else:
-            raise click.ClickException(f"no such file or folder: {path}")
-    return files, [str(s) for s in skipped]
 
 
 def _ingest_hl7(pipeline: Any, path: Path, summary: Any) -> None:

@@ -46,19 +46,22 @@ class Summary:
                 + f"; {len(self.errors)} error(s)" + (f"; {len(self.skipped)} skipped" if self.skipped else ""))
 
 
-def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Expand folders (recursively, sorted) into FHIR files; return (files, names not understood)."""
+def discover(paths: Iterable[str | Path], suffixes: Iterable[str] = FHIR_SUFFIXES) -> tuple[list[Path], list[str]]:
+    """Expand folders (recursively, sorted) into the files with one of ``suffixes``; return
+    (files, names not understood). FileNotFoundError for a path that does not exist."""
+    wanted = tuple(suffixes)
     files: list[Path] = []
-    skipped: list[str] = []
+    skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                (files if child.suffix.lower() in FHIR_SUFFIXES else skipped).append(child)  # type: ignore[arg-type]
+            children = sorted(p for p in path.rglob("*") if p.is_file())
         elif path.is_file():
-            (files if path.suffix.lower() in FHIR_SUFFIXES else skipped).append(path)  # type: ignore[arg-type]
+            children = [path]
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
+        for child in children:
+            (files if child.suffix.lower() in wanted else skipped).append(child)
     return files, [str(s) for s in skipped]
 
 

@@ -2,20 +2,9 @@
 reason) when it is refused — and the refused one can be listed and replayed from the CLI."""
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
-from sqlalchemy import select
 
-from healthhub.ingest.models import InboundMessage
-from tests.conftest import DATA, FHIR_JSON, load_json
-
-
-def archived(app: Any) -> list[InboundMessage]:
-    with app.extensions["healthhub.db"].transaction() as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-        session.expunge_all()
-        return rows
+from tests.conftest import DATA, FHIR_JSON, archived, load_json
 
 
 def test_stored_write_is_archived_with_it(app, client):

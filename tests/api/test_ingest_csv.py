@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from healthhub.clock import utcnow
 from healthhub.ingest import senders
-from healthhub.ingest.models import InboundMessage, InboundRow
-from tests.conftest import DATA, authorized
+from healthhub.ingest.models import InboundRow
+from tests.conftest import DATA, archived, authorized
 
 GOOD = DATA / "csv" / "case-report-good.csv"
 BAD = DATA / "csv" / "case-report-bad.csv"
@@ -34,13 +34,6 @@ def upload(client: Any, path: Any, query: str = "profile=case-report") -> Any:
     return client.post(f"/ingest/csv?{query}", data=path.read_bytes(), headers={"Content-Type": "text/csv"})
 
 
-def archive_rows(app: Any) -> list[InboundMessage]:
-    with app.extensions["healthhub.db"].transaction() as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-        session.expunge_all()
-        return rows
-
-
 def test_good_file_is_stored(app, client):
     expected = rows_of(GOOD)
     register(app, *{r["hospital_code"] for r in expected})
@@ -60,7 +53,7 @@ def test_good_file_is_stored(app, client):
     assert patient["total"] == 1
     address = patient["entry"][0]["resource"]["address"][0]
     assert (address["state"], address["district"]) == (one["province"], one["district"])
-    [row] = archive_rows(app)
+    [row] = archived(app)
     assert (row.kind, row.outcome, row.size) == ("csv", "stored", GOOD.stat().st_size)
     source = f"http://hub.test/ingest/archive/{row.id}"
     assert patient["entry"][0]["resource"]["meta"]["source"] == source
@@ -104,7 +97,7 @@ def test_bad_rows_are_reported_with_their_numbers_and_kept(app, client):
         assert "hospital_code" in rejected[i]
     for i in short:
         assert i in rejected
-    [message] = archive_rows(app)
+    [message] = archived(app)
     assert message.outcome == "partial"
     with app.extensions["healthhub.db"].transaction() as session:
         kept = {r.row: r.errors for r in session.scalars(select(InboundRow))}
@@ -124,7 +117,7 @@ def test_wrong_header_is_refused_and_archived(app, client):
     resp = upload(client, DATA / "csv" / "case-report-wrong-header.csv")
     assert resp.status_code == 400 and resp.json["resourceType"] == "OperationOutcome"
     assert "column" in resp.json["issue"][0]["diagnostics"].lower()
-    assert [r.outcome for r in archive_rows(app)] == ["rejected"]
+    assert [r.outcome for r in archived(app)] == ["rejected"]
     assert upload(client, GOOD, "profile=no-such-profile").status_code == 400
 
 
@@ -148,12 +141,12 @@ def test_rows_of_an_unregistered_hospital_are_stored_after_replay(app, client, c
     report = upload(client, GOOD).json
     missing = [r for r in expected if r["hospital_code"] == codes[0]]
     assert len(report["rejected"]) == len(missing)
-    [message] = archive_rows(app)
+    [message] = archived(app)
     register(app, codes[0])
     result = cli("ingest", "replay", "--failed")
     assert result.exit_code == 0, result.output
     assert client.get("/fhir/Condition").json["total"] == len(expected)
-    assert archive_rows(app)[0].outcome == "replayed"
+    assert archived(app)[0].outcome == "replayed"
 
 
 def test_client_bound_to_a_hospital_may_send_only_its_rows(app):
@@ -178,4 +171,4 @@ def test_cli_ingests_csv_and_hl7_files(app, client, cli, tmp_path):
     assert client.get("/fhir/Condition").json["total"] == len(rows_of(GOOD))
     bad = cli("ingest", str(BAD))
     assert bad.exit_code == 1 and "row 2" in bad.output
-    assert {r.transport for r in archive_rows(app)} == {"cli"}
+    assert {r.transport for r in archived(app)} == {"cli"}

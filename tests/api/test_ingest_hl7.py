@@ -8,12 +8,10 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from healthhub.clock import utcnow
 from healthhub.ingest import senders
-from healthhub.ingest.models import InboundMessage
-from tests.conftest import DATA, authorized
+from tests.conftest import DATA, archived, authorized, mllp_listener
 
 HL7 = "x-application/hl7-v2+er7"
 MESSAGES = sorted((DATA / "hl7v2").glob("*.hl7"))
@@ -59,13 +57,6 @@ def post_hl7(client: Any, data: bytes) -> dict[str, list[list[str]]]:
     return ack_fields(resp.data)
 
 
-def archive_rows(app: Any) -> list[InboundMessage]:
-    with app.extensions["healthhub.db"].transaction() as session:
-        rows = list(session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
-        session.expunge_all()
-        return rows
-
-
 @pytest.fixture
 def sender_client(app: Any):
     """A client registered as the sender of a message's facility."""
@@ -93,7 +84,7 @@ def test_oru_is_stored_with_provenance_and_archived(app, sender_client, client):
     assert observations["total"] == len(obx)
     glucose = observations["entry"][0]["resource"]
     assert glucose["code"]["coding"][0]["code"] == obx[0][3].split("^")[0]
-    rows = archive_rows(app)
+    rows = archived(app)
     assert [(r.transport, r.outcome, r.control_id) for r in rows] == [("http-hl7v2", "stored", msh[9])]
     assert rows[0].payload == data and rows[0].size == len(data)
     source = f"http://hub.test/ingest/archive/{rows[0].id}"
@@ -113,7 +104,7 @@ def test_every_sample_message_gets_an_ack_and_an_archive_row(app, sender_client,
     pid3 = [s[3] for s in segments(data) if s[0] == "PID" and len(s) > 3]
     if code == "AE":  # only a message without any patient identifier (PID-3.1) is refused in this set
         assert all(not rep.split("^")[0].strip() for p in pid3 for rep in p.split("~")) and "ERR" in ack
-    rows = archive_rows(app)
+    rows = archived(app)
     assert rows[-1].outcome == ("stored" if code == "AA" else "rejected")
     assert rows[-1].payload == data
 
@@ -128,7 +119,7 @@ def test_malformed_messages_are_refused_precisely_and_kept(app, client, path):
     assert ack["MSA"][0][1] in ("AA", "AE", "AR")
     if ack["MSA"][0][1] != "AA":
         assert "ERR" in ack
-    assert archive_rows(app)[-1].payload == data
+    assert archived(app)[-1].payload == data
     assert client.get("/fhir/metadata").status_code == 200  # still serving
 
 
@@ -142,7 +133,7 @@ def test_resent_message_is_acknowledged_and_not_stored_twice(app, sender_client,
     assert ack["MSA"][0][1] == "AA" and "Duplicate" in "|".join(ack["MSA"][0])
     assert client.get("/fhir/Observation").json["total"] == before
     assert client.get("/fhir/Observation/_history").json["total"] == versions
-    assert [r.outcome for r in archive_rows(app)] == ["stored", "duplicate"]
+    assert [r.outcome for r in archived(app)] == ["stored", "duplicate"]
 
 
 def test_adt_updates_the_same_patient(app, sender_client, client):
@@ -168,7 +159,7 @@ def test_unregistered_sender_is_refused_then_replayed(app, client, cli):
     resp = authorized(app, client_id="unbound-client").post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7})
     ack = ack_fields(resp.data)
     assert ack["MSA"][0][1] == "AR"
-    rows = archive_rows(app)
+    rows = archived(app)
     assert rows[-1].outcome == "rejected"
     listed = cli("ingest", "list", "--failed")
     assert listed.exit_code == 0 and str(rows[-1].id) in listed.output
@@ -177,7 +168,7 @@ def test_unregistered_sender_is_refused_then_replayed(app, client, cli):
     assert replayed.exit_code == 0, replayed.output
     assert "HL7 AA" in replayed.output
     assert client.get("/fhir/Observation").json["total"] == sum(1 for s in segments(data) if s[0] == "OBX")
-    outcomes = {r.id: (r.outcome, r.replay_of) for r in archive_rows(app)}
+    outcomes = {r.id: (r.outcome, r.replay_of) for r in archived(app)}
     assert outcomes[rows[-1].id][0] == "replayed"
     assert ("stored", rows[-1].id) in outcomes.values()
     assert cli("ingest", "replay", "--id", str(rows[-1].id)).exit_code == 1  # not twice
@@ -211,7 +202,7 @@ def test_concurrent_copies_of_one_message_store_it_once(app, sender_client, clie
     for t in threads:
         t.join()
     assert codes == ["AA"] * 4
-    outcomes = sorted(r.outcome for r in archive_rows(app))
+    outcomes = sorted(r.outcome for r in archived(app))
     assert outcomes == ["duplicate"] * 3 + ["stored"]
     assert client.get("/fhir/Observation").json["total"] == sum(1 for s in segments(data) if s[0] == "OBX")
 
@@ -219,34 +210,15 @@ def test_concurrent_copies_of_one_message_store_it_once(app, sender_client, clie
 def test_mllp_listener_end_to_end(app, client):
     """A real MLLP listener on a port, the pipeline behind it: several messages on one
     connection, each ACKed, each stored; garbage between frames does no harm."""
-    import asyncio
     import socket
 
-    from healthhub import ingest_pipeline
-    from healthhub.ingest.mllp import MllpServer, send
-    from healthhub.ingest.pipeline import Caller
+    from healthhub.ingest.mllp import send
 
     paths = ["ms_oru_r01_rmgead.hl7", "ms_adt_a01_01.hl7", "ms_vxu.hl7"]
     datas = [(DATA / "hl7v2" / p).read_bytes() for p in paths]
     for data in datas:
         register(app, facility(data))
-    db = app.extensions["healthhub.db"]
-    pipeline = ingest_pipeline(db, db.config)
-    server = MllpServer(lambda f: pipeline.receive_hl7v2(f.data, Caller("mllp", peer=f.peer), truncated=f.truncated),
-                        "127.0.0.1", 0, idle_timeout=5)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_until_complete(server.serve_forever())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    try:
+    with mllp_listener(app) as server:
         acks = send("127.0.0.1", server.port, [d.replace(b"\n", b"\r") for d in datas])
         assert [ack_fields(a)["MSA"][0][1] for a in acks] == ["AA", "AA", "AA"]
         with socket.create_connection(("127.0.0.1", server.port)) as sock:  # garbage, then a re-sent message
@@ -255,11 +227,7 @@ def test_mllp_listener_end_to_end(app, client):
             while not reply.endswith(b"\x1c\r"):
                 reply += sock.recv(65536)
         assert "Duplicate" in reply.decode()
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        thread.join(10)
-        loop.close()
-    assert [r.transport for r in archive_rows(app)][:3] == ["mllp"] * 3
+    assert [r.transport for r in archived(app)][:3] == ["mllp"] * 3
     assert client.get("/fhir/Immunization").json["total"] >= 1
 
 
@@ -308,41 +276,17 @@ def test_a_twenty_megabyte_message_is_stored_and_archived(app, client):
     assert ack["MSA"][0][1] == "AA"
     observation = client.get("/fhir/Observation?code=11526-1").json["entry"][0]["resource"]
     assert len(observation["valueString"]) == len(big)
-    assert archive_rows(app)[-1].size == len(data)
+    assert archived(app)[-1].size == len(data)
 
 
 def test_a_frame_over_the_mllp_limit_is_refused_and_its_start_kept(app):
-    import asyncio
-
-    from healthhub import ingest_pipeline
-    from healthhub.ingest.mllp import MllpServer, send
+    from healthhub.ingest.mllp import send
 
     register(app, "HOSP-M")
-    db = app.extensions["healthhub.db"]
-    pipeline = ingest_pipeline(db, db.config)
-    from healthhub.ingest.pipeline import Caller
-    server = MllpServer(lambda f: pipeline.receive_hl7v2(f.data, Caller("mllp", peer=f.peer), truncated=f.truncated),
-                        "127.0.0.1", 0, max_message=2000, idle_timeout=5)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_until_complete(server.serve_forever())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    try:
-        message = adt("A01", "TOO-BIG", "MRN1", "Doe^Jane", "NTE|1||" + "y" * 5000)
+    message = adt("A01", "TOO-BIG", "MRN1", "Doe^Jane", "NTE|1||" + "y" * 5000)
+    with mllp_listener(app, max_message=2000) as server:
         [ack] = send("127.0.0.1", server.port, [message])
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        thread.join(10)
-        loop.close()
     fields = ack_fields(ack)
     assert fields["MSA"][0][1] == "AR" and fields["MSA"][0][2] == "TOO-BIG"
-    row = archive_rows(app)[-1]
+    row = archived(app)[-1]
     assert row.outcome == "rejected" and row.payload == message[:2000]
