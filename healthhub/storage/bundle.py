@@ -43,6 +43,8 @@ class Entry:
     if_match: str | None = None
     target_id: str | None = None  # id assigned (POST) or resolved (conditional PUT) before writing
     existing: Stored | None = None  # conditional create that matched
+    #: A conditional PUT whose criteria match nothing: a create under a new id, written with the POSTs.
+    creates: bool = False
     response: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +69,8 @@ class BundleProcessor:
         self.return_representation = return_representation
         #: ``ifNoneExist`` answers found ahead (:meth:`_prefetch_conditions`), by (type, criteria).
         self._conditions: dict[tuple[str, str], list[Stored] | FhirError] = {}
+        #: The same for the criteria of conditional PUT entries (searched among what the caller may update).
+        self._put_conditions: dict[tuple[str, str], list[Stored] | FhirError] = {}
 
     def process(self, bundle: Any) -> dict[str, Any]:
         """Return the ``transaction-response`` or ``batch-response`` Bundle."""
@@ -107,17 +111,19 @@ class BundleProcessor:
                 with _located(e):
                     e.resource = self._rewrite(e.resource, mapping)
         ordered_entries = sorted(entries, key=lambda x: (_ORDER[x.method], x.index))
-        # New resources with pre-assigned ids (the POSTs) are written in one multi-row INSERT per
-        # table: no entry of that phase reads what another writes.
-        posts = [e for e in ordered_entries if e.method == "POST"]
+        # New resources with pre-assigned ids (the POSTs, and the conditional PUTs whose criteria
+        # match nothing: creates under a new id) are written together, by COPY per table: no entry
+        # of that phase reads what another writes, and every criteria was searched (and locked)
+        # before anything was written, as the spec's order (POST before PUT) would have it.
+        creates = [e for e in ordered_entries if e.method == "POST" or e.creates]
         for e in (x for x in ordered_entries if x.method == "DELETE"):
             with _located(e):
                 e.response = self._execute(e)
         with self.repo.batched():
-            for e in posts:
+            for e in creates:
                 with _located(e):
                     e.response = self._execute(e)
-        for e in (x for x in ordered_entries if x.method not in ("DELETE", "POST")):
+        for e in (x for x in ordered_entries if x.method not in ("DELETE", "POST") and not x.creates):
             with _located(e):
                 e.response = self._execute(e)
 
@@ -159,15 +165,24 @@ class BundleProcessor:
             e.target_id = e.existing.id if e.existing else str(uuid.uuid4())
             if e.full_url:
                 mapping[e.full_url] = f"{rtype}/{e.target_id}"
-        elif e.method == "PUT" and e.full_url:
+        elif e.method == "PUT":
             rtype, rid = self._split_instance(e, allow_conditional=True)
             if rid is None:
-                ids = self.repo.match(rtype, e.query, limit=2, permission="u")
-                if len(ids) > 1:
+                found = self._put_conditions.pop((rtype, e.query), None)
+                if found is None:
+                    self.repo.lock_criteria(rtype, e.query)
+                    found = [self.repo.existing(rtype, i) for i in self.repo.match(rtype, e.query, limit=2,
+                                                                                   permission="u")]
+                if isinstance(found, FhirError):
+                    raise found
+                if len(found) > 1:
                     raise precondition_failed(f"Criteria {e.query!r} match more than one {rtype}")
-                rid = ids[0] if ids else (e.resource or {}).get("id") or str(uuid.uuid4())
+                body_id = (e.resource or {}).get("id")
+                rid = found[0].id if found else body_id or str(uuid.uuid4())
                 e.target_id = rid
-            mapping[e.full_url] = f"{rtype}/{rid}"
+                e.creates = not found and body_id is None
+            if e.full_url:
+                mapping[e.full_url] = f"{rtype}/{rid}"
 
     def _rewrite(self, node: Any, mapping: dict[str, str]) -> Any:
         """Replace ``Reference.reference`` values that name a bundle entry or a search, in place
@@ -248,6 +263,7 @@ class BundleProcessor:
                             for e in entries]
         except FhirError:
             self._conditions.clear()
+            self._put_conditions.clear()
             return [self._batch_entry(i, raw) for i, raw in run]
 
     def _batch_entry(self, index: int, raw: Any, savepoint: bool = True, execute: bool = True) -> Entry:
@@ -277,21 +293,28 @@ class BundleProcessor:
             return failed
 
     def _prefetch_conditions(self, entries: list[Entry]) -> None:
-        """Lock and search the ``ifNoneExist`` criteria of these POST entries together, a few
-        statements per resource type (:meth:`Repository.match_many`); :meth:`_assign_target`
-        then reads the answers from ``_conditions``."""
-        by_type: dict[str, list[str]] = {}
+        """Lock and search the ``ifNoneExist`` criteria of the POST entries, and the criteria of the
+        conditional PUT entries, together: a few statements per resource type
+        (:meth:`Repository.match_many`); :meth:`_assign_target` then reads the answers from
+        ``_conditions`` and ``_put_conditions``. The locks keep two requests with the same criteria
+        from both creating (HAPI #3141)."""
+        posts: dict[str, list[str]] = {}
+        puts: dict[str, list[str]] = {}
         for e in entries:
             if e.method == "POST" and e.if_none_exist and resources.is_resource_type(e.path):
-                by_type.setdefault(e.path, []).append(e.if_none_exist)
-        for rtype, queries in by_type.items():
-            self.repo.lock_criteria(rtype, *queries)
-            found = self.repo.match_many(rtype, queries, permission="c")
-            single = [ids[0] for ids in found.values() if isinstance(ids, list) and len(ids) == 1]
-            current = self.repo.current_many(rtype, single)
-            for query, ids in found.items():
-                self._conditions[(rtype, query)] = \
-                    ids if isinstance(ids, FhirError) else [current.get(i) or self.repo.existing(rtype, i) for i in ids]
+                posts.setdefault(e.path, []).append(e.if_none_exist)
+            elif e.method == "PUT" and e.query and "/" not in e.path and resources.is_resource_type(e.path):
+                puts.setdefault(e.path, []).append(e.query)
+        for rtype in dict.fromkeys([*posts, *puts]):
+            self.repo.lock_criteria(rtype, *posts.get(rtype, ()), *puts.get(rtype, ()))
+        for kinds, answers, permission in ((posts, self._conditions, "c"), (puts, self._put_conditions, "u")):
+            for rtype, queries in kinds.items():
+                found = self.repo.match_many(rtype, queries, permission=permission)
+                single = [ids[0] for ids in found.values() if isinstance(ids, list) and len(ids) == 1]
+                current = self.repo.current_many(rtype, single)
+                for query, ids in found.items():
+                    answers[(rtype, query)] = ids if isinstance(ids, FhirError) \
+                        else [current.get(i) or self.repo.existing(rtype, i) for i in ids]
 
     # -- entries -------------------------------------------------------------------------
 
@@ -350,6 +373,11 @@ class BundleProcessor:
             assert patch_id is not None
             return self._written(repo.patch(rtype, patch_id, _json_patch_of(body), if_match=e.if_match))
         rtype, rid = self._split_instance(e, allow_conditional=True)  # PUT
+        if e.creates:
+            if body.get("resourceType") != rtype:
+                raise invalid(f"resourceType {body.get('resourceType')!r} does not match request.url {e.url!r}",
+                              ("resourceType",))
+            return self._written(repo.create(body, resource_id=e.target_id, method="PUT"))
         if rid is None and e.target_id is None:
             return self._written(repo.conditional_update(rtype, e.query, body, if_match=e.if_match))
         target = rid or e.target_id

@@ -285,7 +285,7 @@ class Repository:
     # -- writes --------------------------------------------------------------------------
 
     def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None,
-               resource_id: str | None = None, resource_type: str | None = None) -> WriteResult:
+               resource_id: str | None = None, resource_type: str | None = None, method: str = "POST") -> WriteResult:
         """Create with a server-assigned id (the body's ``id`` is ignored, as the spec says).
 
         With ``if_none_exist`` the create happens only when nothing matches; one match is
@@ -304,7 +304,7 @@ class Repository:
                 self.touched.append(f"{rtype}/{ids[0]}")
                 return WriteResult(self.existing(rtype, ids[0]), "existing")
         new_id = resource_id or str(uuid.uuid4())
-        return WriteResult(self._write(rtype, new_id, resource, 1, "POST", previous=None), "created")
+        return WriteResult(self._write(rtype, new_id, resource, 1, method, previous=None), "created")
 
     def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                if_match: str | None = None, method: str = "PUT", mpi: bool = False) -> WriteResult:

@@ -42,3 +42,25 @@ def test_racing_conditional_creates_make_one_resource(live_server, HEADERS):
     assert statuses.count(201) == 1, statuses
     assert requests.get(f"{live_server}/Patient?identifier=urn:race|1", timeout=30,
                         headers=HEADERS).json()["total"] == 1
+
+
+def test_racing_conditional_puts_in_transactions_make_one_resource(live_server, HEADERS):
+    """Two hospitals' interface engines re-sending the same result at once: each transaction's
+    conditional PUT (criteria locked before they are searched) creates it once in all."""
+    def send(i: int) -> int:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "fullUrl": f"urn:uuid:00000000-0000-0000-0000-{i:012d}",
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": f"try {i}"},
+                         "identifier": [{"system": "urn:race", "value": "obs-1"}]},
+            "request": {"method": "PUT", "url": "Observation?identifier=urn:race|obs-1"}}]}
+        return requests.post(live_server, json=bundle, headers=HEADERS, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert statuses == [200] * 8
+    found = requests.get(f"{live_server}/Observation?identifier=urn:race|obs-1", timeout=30, headers=HEADERS).json()
+    assert found["total"] == 1
+    history = requests.get(f"{live_server}/Observation/{found['entry'][0]['resource']['id']}/_history", timeout=30,
+                           headers=HEADERS).json()
+    # one create, then an update per other transaction (each body differs: code.text)
+    assert history["total"] == 8 and history["entry"][-1]["response"]["status"] == "201 Created"
