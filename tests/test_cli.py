@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from healthhub.cli import main
 from healthhub.demo import DEMO_DIR
-from tests.conftest import DATA, load_json
+from tests.conftest import DATA, archived, load_json
 
 
 def total(client, rtype):
@@ -138,3 +138,45 @@ def test_demo_users_and_clients_work(cli, app):
                      headers={"Authorization": f"Basic {basic}"}).json["access_token"]
     found = web.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
     assert found.status_code == 200 and found.json["total"] == 5
+
+
+def test_mllp_command_with_two_processes(cli, app, base_config, client):
+    """The real `healthhub mllp` in two processes on one port: messages ACKed and stored, then
+    SIGTERM stops both gracefully (exit 0)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from healthhub.ingest.mllp import send
+
+    assert cli("sender", "create", "--code", "HOSP-A", "--name", "A", "--timezone", "Asia/Bangkok").exit_code == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url,
+           "HEALTHHUB_SIGNING_KEY": base_config.signing_key}
+    command = [str(Path(sys.executable).with_name("healthhub")), "mllp", "--port", str(port), "--processes", "2"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        message = (DATA.parent.parent / "docs" / "examples" / "oru-r01-glucose.hl7").read_bytes()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                acks = send("127.0.0.1", port, [message, message.replace(b"LAB-000123", b"LAB-000124")], timeout=30)
+                break
+            except (ConnectionError, OSError):
+                assert time.monotonic() < deadline, "the listener did not come up"
+                time.sleep(0.2)
+        assert [a.split(b"\r")[1].split(b"|")[1] for a in acks] == [b"AA", b"AA"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert output.count("listening on") == 2
+    # the second message re-sends the same report (same filler number): stored once, unchanged
+    assert client.get("/fhir/DiagnosticReport").json["total"] == 1
+    assert [(r.transport, r.outcome) for r in archived(app)] == [("mllp", "stored")] * 2

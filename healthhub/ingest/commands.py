@@ -7,6 +7,7 @@ replay`` work on the archive.
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,30 +122,71 @@ def sender_disable(code: str) -> None:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=2575, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=2575, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Listener processes sharing the port (SO_REUSEPORT, Linux): one per core.")
 @click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a connection may stay silent (or take for one message).")
-def mllp(host: str, port: int, idle_timeout: float) -> None:
+def mllp(host: str, port: int, processes: int, idle_timeout: float) -> None:
     """Listen for HL7 v2 messages over MLLP; store each and answer its ACK."""
+    config = _config()
+    click.echo(f"HL7 v2 MLLP listener on {host}:{port}, {processes} process(es) (Ctrl+C stops)", err=True)
+    if processes == 1:
+        _listen(config, host, port, idle_timeout, reuse_port=False)
+        return
+    _listen_in_processes(config, host, port, idle_timeout, processes)
+
+
+def _listen(config: Config, host: str, port: int, idle_timeout: float, reuse_port: bool) -> None:
+    """One listener process: its own database connections, the pipeline behind the server."""
     import logging
 
     from .mllp import Frame, MllpServer
     from .pipeline import Caller
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    database = Database(_config())
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s")
+
+    database = Database(config)
     pipeline = _pipeline(database)
 
     def handle(frame: Frame) -> bytes:
         ack: bytes = pipeline.receive_hl7v2(frame.data, Caller("mllp", peer=frame.peer), truncated=frame.truncated)
         return ack
 
-    server = MllpServer(handle, host, port, max_message=database.config.max_body, idle_timeout=idle_timeout)
-    click.echo(f"HL7 v2 MLLP listener on {host}:{port} (Ctrl+C stops)", err=True)
+    server = MllpServer(handle, host, port, max_message=config.max_body, idle_timeout=idle_timeout,
+                        reuse_port=reuse_port)
     try:
         server.run()
     finally:
         database.dispose()
+
+
+def _listen_in_processes(config: Config, host: str, port: int, idle_timeout: float, processes: int) -> None:
+    """Several listener processes on one port: one Python process is one core's worth of HL7
+    mapping and validation, so a listener per core. SIGINT/SIGTERM reach all of them (each
+    stops gracefully); the command ends when they have."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no connection shared across a fork
+    children = [context.Process(target=_listen, args=(config, host, port, idle_timeout, True), daemon=False)
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    failed = 0
+    for child in children:
+        child.join()
+        failed += child.exitcode not in (0, None, -signal.SIGINT, -signal.SIGTERM)
+    if failed:
+        raise click.ClickException(f"{failed} listener process(es) failed; see the log above")
 
 
 # -- ingest -----------------------------------------------------------------------------------

@@ -206,8 +206,10 @@ class MllpServer:
 
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 2575, *, max_message: int = 50 * 1024 * 1024,
                  idle_timeout: float = 60.0, workers: int = 8, max_connections: int = 1000,
-                 frame_timeout: float | None = None) -> None:
+                 frame_timeout: float | None = None, reuse_port: bool = False) -> None:
         self.handler = handler
+        #: Several listener processes on one port (SO_REUSEPORT): the kernel spreads connections.
+        self.reuse_port = reuse_port
         self.host = host
         self.port = port
         self.max_message = max_message
@@ -230,7 +232,8 @@ class MllpServer:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mllp")
-        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port, limit=_READ_SIZE)
+        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port, limit=_READ_SIZE,
+                                                  reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp: listening on %s:%d", self.host, self.port)
 

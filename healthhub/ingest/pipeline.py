@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ _AUTHOR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenan
                        "code": "author", "display": "Author"}]}
 _ASSEMBLER = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
                           "code": "assembler", "display": "Assembler"}]}
+#: Seconds a sender's registration is cached by a process (MLLP: one lookup per message otherwise).
+SENDER_TTL = 10.0
 #: CSV rows per database transaction (each row in a savepoint of its own).
 CSV_BATCH = 200
 #: Rejected rows listed in a CSV reply; all of them are kept in the archive.
@@ -106,6 +109,7 @@ class Pipeline:
         self.clock = clock
         #: Run in each unit of work after its writes (patient matching).
         self.after_write = after_write
+        self._sender_cache: dict[tuple[str | None, str], tuple[Sender, float]] = {}
 
     # -- HL7 v2 ----------------------------------------------------------------------------
 
@@ -125,8 +129,6 @@ class Pipeline:
             arrival = arrival.with_(message_type=header.message_type, control_id=header.control_id)
             sender = self._hl7_sender(header, caller)
             arrival = arrival.with_(sender=sender.code)
-            if self._seen(sender.code, header.control_id):
-                return self._duplicate(arrival, header, now)
             mapped = hl7v2.to_fhir(hl7v2.parse(data), senders.profile(sender))
         except hl7v2.Rejected as exc:
             self._archive_alone(arrival, "rejected", now, {"ack": "AR", "issues": [_issue_json(exc.issue)]})
@@ -183,6 +185,17 @@ class Pipeline:
         return hl7v2.ack(mapped.header, "AA", warnings)
 
     def _hl7_sender(self, header: hl7v2.MessageHeader, caller: Caller) -> Sender:
+        """The registered sender of a message (cached for ``SENDER_TTL`` seconds: a registration
+        or a ``sender disable`` takes effect within that time)."""
+        key = (caller.client_id, header.sending_facility_id)
+        cached = self._sender_cache.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        sender = self._find_hl7_sender(header, caller)
+        self._sender_cache[key] = (sender, time.monotonic() + SENDER_TTL)
+        return sender
+
+    def _find_hl7_sender(self, header: hl7v2.MessageHeader, caller: Caller) -> Sender:
         code = header.sending_facility_id
         with self.db.transaction() as session:
             bound = senders.for_client(session, caller.client_id) if caller.client_id is not None else None
@@ -196,10 +209,6 @@ class Pipeline:
                 raise senders.SenderError(f"the sending facility {code!r} (MSH-4) is not a registered sender")
             session.expunge(row)
             return row
-
-    def _seen(self, sender: str, control_id: str) -> bool:
-        with self.db.transaction() as session:
-            return session.get(InboundKey, (sender, "hl7", control_id[:200])) is not None
 
     def _duplicate(self, arrival: Arrival, header: hl7v2.MessageHeader, now: datetime) -> bytes:
         """A message whose sender and MSH-10 were stored before: acknowledged (AA), so the sender
@@ -406,7 +415,8 @@ class Pipeline:
                 "identifier": {"system": ARCHIVE_SYSTEM, "value": str(message_id)},
                 "display": description[:500]}}],
         }
-        stored = repo.create(provenance).stored
+        with repo.batched():  # its rows in one round trip
+            stored = repo.create(provenance).stored
         return f"Provenance/{stored.id}/_history/{stored.version_id}"
 
     def _after(self, session: Session, repo: Repository, now: datetime) -> None:

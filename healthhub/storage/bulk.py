@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from .. import jsonio
 
-#: From this many rows a table's rows go by COPY; below, the rows of all tables share one
-#: pipelined round trip, where a COPY per table would need two round trips each (the index rows
-#: of a single-resource write span 3–5 tables). The threshold is a judgement, not a measured
-#: optimum: a 1,500-entry batch Bundle went from 16.9 s to 11.2 s with the pipeline.
+#: From this many rows a table's rows go by COPY; below, each table's rows are one multi-row
+#: INSERT and all tables share one pipelined round trip, where a COPY per table would need two
+#: round trips each (the index rows of a single-resource write span 3–5 tables). The threshold
+#: is a judgement, not a measured optimum.
 COPY_MIN_ROWS = 64
 
 
@@ -48,12 +48,16 @@ def append(session: Session, rows_by_table: Mapping[Table, list[dict[str, Any]]]
         with raw.cursor() as cur:
             small = {t: rows for t, rows in todo.items() if len(rows) < COPY_MIN_ROWS}
             if small:
+                # One multi-row INSERT per table, all in one pipeline: one round trip, and a
+                # statement per table for the server to parse (an INSERT per row cost an HL7
+                # message ~100 statements: bench/RESULTS.md, fourth session).
                 with raw.pipeline():
                     for table, rows in small.items():
                         names = list(rows[0])
-                        placeholders = ", ".join(["%s"] * len(names))
-                        cur.executemany(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES ({placeholders})',
-                                        _rows(table, names, rows, _jsonb))
+                        row = "(" + ", ".join(["%s"] * len(names)) + ")"
+                        values = [v for r in _rows(table, names, rows, _jsonb) for v in r]
+                        cur.execute(f'INSERT INTO "{table.name}" ({_columns(names)}) VALUES '
+                                    + ", ".join([row] * len(rows)), values)
             for table, rows in todo.items():
                 if table not in small:
                     names = list(rows[0])
