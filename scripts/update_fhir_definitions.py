@@ -28,6 +28,12 @@ def members(tgz: Path) -> dict[str, dict]:
     with tarfile.open(tgz) as tar:
         for m in tar.getmembers():
             name = Path(m.name).name
+            if name.startswith("SearchParameter-example"):
+                # The specification's example SearchParameters (``example`` on _id,
+                # ``example-reference`` on Condition.subject, ``example-extension``): instances that
+                # illustrate the resource, not definitions; loaded, they replaced the real
+                # Condition ``subject`` (targets: Organization only) and ``_id``.
+                continue
             if m.isfile() and (name.startswith("SearchParameter-") or name == "CompartmentDefinition-patient.json"
                                or name == "package.json"):
                 f = tar.extractfile(m)

@@ -172,3 +172,36 @@ def test_cli_ingests_csv_and_hl7_files(app, client, cli, tmp_path):
     bad = cli("ingest", str(BAD))
     assert bad.exit_code == 1 and "row 2" in bad.output
     assert {r.transport for r in archived(app)} == {"cli"}
+
+
+def test_cases_of_one_patient_in_one_file_make_one_patient(app, client, tmp_path):
+    rows = rows_of(GOOD)
+    register(app, *{r["hospital_code"] for r in rows})
+    header = list(rows[0])
+    first = dict(rows[0])
+    second = {**first, "case_id": first["case_id"] + "-B", "condition_code": "A91"}
+    path = tmp_path / "two-cases.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, header)
+        writer.writeheader()
+        writer.writerows([first, second])
+    report = upload(client, path).json
+    assert report["accepted"] == 2
+    patients = client.get(f"/fhir/Patient?identifier=urn:healthhub:id:national|{first['national_id']}").json
+    assert patients["total"] == 1
+    pid = patients["entry"][0]["resource"]["id"]
+    found = client.get(f"/fhir/Condition?subject=Patient/{pid}").json
+    assert found.get("total") == 2, found
+
+
+def test_rows_the_store_refuses_fail_alone(app):
+    """A client that may not write Observations: the rows with a lab test are refused (403 on
+    their Observation), the rows without one are stored."""
+    rows = rows_of(GOOD)
+    register(app, *{r["hospital_code"] for r in rows})
+    narrow = authorized(app, "system/Patient.cruds system/Condition.cruds system/Provenance.c", client_id="no-labs")
+    report = upload(narrow, GOOD).json
+    with_tests = [i for i, r in enumerate(rows, 1) if r["test_code"]]
+    assert sorted(r["row"] for r in report["rejected"]) == with_tests
+    assert report["accepted"] == len(rows) - len(with_tests)
+    assert all("Observation" in " ".join(r["errors"]["_row"]) for r in report["rejected"])

@@ -376,3 +376,14 @@ def test_patient_everything(env):
     assert search(client, f"/fhir/Patient/{patient['id']}/$everything?_since=2999-01-01T00:00:00Z")["total"] == 0
     assert client.get(f"/fhir/Patient/{patient['id']}/$everything?_type=Nope").status_code == 400
     assert client.get("/fhir/Patient/nobody/$everything").status_code == 404
+
+
+def test_condition_subject_is_the_core_parameter_not_the_specifications_example(client):
+    """The R4B package's example SearchParameter ``example-reference`` (Condition ``subject``
+    targeting Organization only) once replaced the real one: Condition?subject=Patient/x was a 400."""
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json["id"]
+    cid = client.post("/fhir/Condition", json={"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"}}
+                      ).json["id"]
+    found = client.get(f"/fhir/Condition?subject=Patient/{pid}").json
+    assert [e["resource"]["id"] for e in found["entry"]] == [cid]
+    assert client.get("/fhir/Patient?part-agree=x", headers={"Prefer": "handling=strict"}).status_code == 400
