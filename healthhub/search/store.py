@@ -19,7 +19,7 @@ from ..db import Database
 from ..storage import bulk, models
 from . import indexer as ix
 from .registry import default_registry
-from .values import span_class
+from .values import MAX_CODE, MAX_STRING, MAX_URI, clip, span_class
 
 
 @lru_cache(maxsize=1)
@@ -69,14 +69,17 @@ _EMPTY: dict[str, dict[str, None]] = {
 
 
 def _columns(row: Any) -> tuple[Table, dict[str, Any]] | None:
+    """The table and columns of one extracted row; indexed texts clipped (``values.MAX_*``)."""
     if isinstance(row, ix.StringRow):
-        return models.SearchString, {"value": row.value, "exact": row.exact}
+        return models.SearchString, {"value": clip(row.value, MAX_STRING), "exact": clip(row.exact, MAX_STRING)}
     if isinstance(row, ix.TokenRow):
-        return models.SearchToken, {"system": row.system, "code": row.code, "text": row.text,
-                                    "type_system": row.type_system, "type_code": row.type_code}
+        return models.SearchToken, {"system": clip(row.system, MAX_CODE), "code": clip(row.code, MAX_CODE),
+                                    "text": clip(row.text, MAX_STRING), "type_system": clip(row.type_system, MAX_CODE),
+                                    "type_code": clip(row.type_code, MAX_CODE)}
     if isinstance(row, ix.ReferenceRow):
-        return models.SearchReference, {"target_type": row.target_type, "target_id": row.target_id, "url": row.url,
-                                        "ident_system": row.ident_system, "ident_value": row.ident_value}
+        return models.SearchReference, {"target_type": row.target_type, "target_id": row.target_id,
+                                        "url": clip(row.url, MAX_URI), "ident_system": clip(row.ident_system, MAX_CODE),
+                                        "ident_value": clip(row.ident_value, MAX_CODE)}
     if isinstance(row, ix.DateRow):
         return models.SearchDate, {"low": row.low, "high": row.high, "span": span_class(row.low, row.high)}
     if isinstance(row, ix.NumberRow):
@@ -90,7 +93,7 @@ def _columns(row: Any) -> tuple[Table, dict[str, Any]] | None:
                                        "canonical_value": to_float(row.canonical_value),
                                        "canonical_code": row.canonical_code if row.canonical_value is not None else None}
     if isinstance(row, ix.UriRow):
-        return models.SearchUri, {"uri": row.uri}
+        return models.SearchUri, {"uri": clip(row.uri, MAX_URI)}
     if isinstance(row, ix.CompositeRow):
         values: dict[str, Any] = {}
         for i, part in enumerate(row.parts[:3]):
@@ -106,11 +109,11 @@ def composite_part(part: Any) -> dict[str, Any] | None:
     """(system, code, num, low, high) of one component value, as ``search_composite`` stores it."""
     if isinstance(part, ix.TokenRow):
         # A CodeableConcept's text-only row matches no composite search: skip its combinations.
-        return None if part.code is None else {"system": part.system, "code": part.code}
+        return None if part.code is None else {"system": clip(part.system, MAX_CODE), "code": clip(part.code, MAX_CODE)}
     if isinstance(part, ix.ReferenceRow):
         return {"system": part.target_type, "code": part.target_id}
     if isinstance(part, ix.StringRow):
-        return {"code": part.value}
+        return {"code": clip(part.value, MAX_STRING)}
     if isinstance(part, ix.NumberRow):
         value = to_float(part.value)
         return None if value is None else {"num": value}
@@ -121,7 +124,7 @@ def composite_part(part: Any) -> dict[str, Any] | None:
     if isinstance(part, ix.DateRow):
         return {"low": part.low, "high": part.high}
     if isinstance(part, ix.UriRow):
-        return {"code": part.uri}
+        return {"code": clip(part.uri, MAX_CODE)}
     return None
 
 

@@ -108,3 +108,19 @@ def span_class(low: datetime, high: datetime) -> int:
         if width <= limit:
             return k
     return len(SPAN_WIDTHS)
+
+
+#: The longest text an index row keeps of a string (characters): PostgreSQL's btree refuses an
+#: entry above about 2.7 kB, so a long string (a 20 MB ``valueString``) made its whole write fail.
+#: HAPI FHIR keeps 200 characters of a string too (HFJ_SPIDX_STRING). Searches clip their values
+#: the same way, so a longer value still finds what it should (and, past the limit, may find more).
+MAX_STRING = 200
+#: The same for codes, systems, identifier values (token and reference rows: two per index entry).
+MAX_CODE = 250
+#: The same for URIs and absolute reference URLs.
+MAX_URI = 500
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters (None stays None)."""
+    return text if text is None or len(text) <= limit else text[:limit]

@@ -194,15 +194,16 @@ class Repository:
         """``param=[system|]code`` criteria in one statement: the index rows of their codes,
         then :func:`~healthhub.search.compiler.token_matches` (the SQL condition, in Python)."""
         from ..search.compiler import param_rows, token_matches
+        from ..search.values import MAX_CODE, clip
         from .models import SearchToken as T
 
         rows: dict[str, list[tuple[str | None, str]]] = {}
         stmt: Select[Any] = self._confine(select(T.c.code, T.c.system, T.c.resource_id).where(
-            param_rows(T, resource_type, param), T.c.code.in_({v.code for _, v in items})),
+            param_rows(T, resource_type, param), T.c.code.in_({clip(v.code, MAX_CODE) for _, v in items})),
             resource_type, permission, T.c.resource_id)
         for code, system, rid in self.session.execute(stmt):
             rows.setdefault(code, []).append((system, rid))
-        return {query: list(dict.fromkeys(rid for system, rid in rows.get(value.code, ())
+        return {query: list(dict.fromkeys(rid for system, rid in rows.get(clip(value.code, MAX_CODE) or "", ())
                                           if token_matches(system, value.code, value)))
                 for query, value in items}
 

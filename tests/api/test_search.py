@@ -387,3 +387,24 @@ def test_condition_subject_is_the_core_parameter_not_the_specifications_example(
     found = client.get(f"/fhir/Condition?subject=Patient/{pid}").json
     assert [e["resource"]["id"] for e in found["entry"]] == [cid]
     assert client.get("/fhir/Patient?part-agree=x", headers={"Prefer": "handling=strict"}).status_code == 400
+
+
+def test_long_values_are_stored_and_found(client):
+    """Index rows keep the first 200 characters of a string and 250 of a code (PostgreSQL's
+    btree refuses longer entries: a long string once made the whole write fail); searches
+    clip their values the same way."""
+    long_text = "Lorem ipsum " * 5000
+    long_code = "C" * 1000
+    body = {"resourceType": "Observation", "status": "final", "valueString": long_text,
+            "code": {"coding": [{"system": "urn:long", "code": long_code}], "text": long_text},
+            "identifier": [{"system": "urn:long", "value": long_code}]}
+    resp = client.post("/fhir/Observation", json=body)
+    assert resp.status_code == 201, resp.json
+    oid = resp.json["id"]
+    assert client.get(f"/fhir/Observation/{oid}").json["valueString"] == long_text
+    for query in (f"value-string={long_text[:50]}", f"value-string={long_text[:1000]}",
+                  f"code=urn:long|{long_code}", f"identifier=urn:long|{long_code}", f"code:text={long_text[:300]}"):
+        found = client.get(f"/fhir/Observation?{query}").json
+        assert [e["resource"]["id"] for e in found["entry"]] == [oid], query
+    assert client.post("/fhir/Observation", json=body, headers={"If-None-Exist": f"identifier=urn:long|{long_code}"}
+                       ).status_code == 200  # the conditional create finds it
