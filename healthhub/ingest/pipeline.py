@@ -131,16 +131,15 @@ class Pipeline:
             arrival = arrival.with_(sender=sender.code)
             mapped = hl7v2.to_fhir(hl7v2.parse(data), senders.profile(sender))
         except hl7v2.Rejected as exc:
-            self._archive_alone(arrival, "rejected", now, {"ack": "AR", "issues": [_issue_json(exc.issue)]})
-            return hl7v2.ack(exc.header or header, "AR", [exc.issue])
+            return self._refuse(arrival, now, exc.header or header, "AR", [exc.issue])
         except senders.SenderError as exc:
             issue = hl7v2.Located(severity="E", segment="MSH", sequence=1, field=4, code="204", text=str(exc))
-            self._archive_alone(arrival, "rejected", now, {"ack": "AR", "issues": [_issue_json(issue)]})
-            return hl7v2.ack(header, "AR", [issue])
+            return self._refuse(arrival, now, header, "AR", [issue])
+        except (OperationalError, DBAPIError) as exc:  # the sender lookup: the database is down
+            return self._unavailable(arrival, header, now, exc)
         warnings = [*mapped.issues, *(_note_issue(n) for n in mapped.notes)]
         if mapped.errors:
-            self._archive_alone(arrival, "rejected", now, {"ack": "AE", "issues": [_issue_json(i) for i in warnings]})
-            return hl7v2.ack(mapped.header, "AE", warnings)
+            return self._refuse(arrival, now, mapped.header, "AE", warnings)
         try:
             with self.db.transaction() as session:
                 message_id = archive.add(session, arrival, "stored", now)
@@ -166,15 +165,9 @@ class Pipeline:
         except FhirError as err:
             issues = [hl7v2.Located(severity="E", segment="MSH", sequence=1, field=None, code="207",
                                     text=_first_line(i.diagnostics)) for i in err.issues[:20]]
-            self._archive_alone(arrival, "rejected", now, {"ack": "AE", "status": err.status,
-                                                         "issues": [_issue_json(i) for i in issues]})
-            return hl7v2.ack(header, "AE", issues)
+            return self._refuse(arrival, now, header, "AE", issues, status=err.status)
         except (OperationalError, DBAPIError) as exc:
-            log.warning("HL7 v2 message %s not stored: database error %s", header.control_id, exc.__class__.__name__)
-            issue = hl7v2.Located(severity="E", segment="MSH", sequence=1, field=None, code="207",
-                                  text="The hub's database is unavailable; the message was not stored, send it again")
-            self._archive_quietly(arrival, "failed", now, {"ack": "AE", "error": str(exc.orig or exc)[:500]})
-            return hl7v2.ack(header, "AE", [issue])
+            return self._unavailable(arrival, header, now, exc)
         except Exception as exc:  # a bug: the sender gets AE (so it retries), the payload is kept
             log.exception("HL7 v2 message %s failed", header.control_id)
             issue = hl7v2.Located(severity="E", segment="MSH", sequence=1, field=None, code="207",
@@ -183,6 +176,29 @@ class Pipeline:
             self._archive_quietly(arrival, "failed", now, {"ack": "AE", "error": repr(exc)[:500]})
             return hl7v2.ack(header, "AE", [issue])
         return hl7v2.ack(mapped.header, "AA", warnings)
+
+    def _refuse(self, arrival: Arrival, now: datetime, header: hl7v2.MessageHeader | None, code: str,
+                issues: list[hl7v2.Located], status: int | None = None) -> bytes:
+        """Archive (and audit) a refused message, then its ACK (AR or AE). When even that cannot be
+        written, AE "unavailable": the sender keeps the message and sends it again, where an AR
+        would have made it drop a message the hub never kept."""
+        detail: dict[str, Any] = {"ack": code, "issues": [_issue_json(i) for i in issues]}
+        if status is not None:
+            detail["status"] = status
+        try:
+            self._archive_alone(arrival, "rejected", now, detail)
+        except (OperationalError, DBAPIError) as exc:
+            return self._unavailable(arrival, header, now, exc)
+        return hl7v2.ack(header, code, issues)
+
+    def _unavailable(self, arrival: Arrival, header: hl7v2.MessageHeader | None, now: datetime,
+                     exc: DBAPIError) -> bytes:
+        log.warning("HL7 v2 message %s not stored: database error %s", header.control_id if header else "?",
+                    exc.__class__.__name__)
+        self._archive_quietly(arrival, "failed", now, {"ack": "AE", "error": str(exc.orig or exc)[:500]})
+        issue = hl7v2.Located(severity="E", segment="MSH", sequence=1, field=None, code="207",
+                              text="The hub's database is unavailable; the message was not stored, send it again")
+        return hl7v2.ack(header, "AE", [issue])
 
     def _hl7_sender(self, header: hl7v2.MessageHeader, caller: Caller) -> Sender:
         """The registered sender of a message (cached for ``SENDER_TTL`` seconds: a registration

@@ -290,3 +290,19 @@ def test_a_frame_over_the_mllp_limit_is_refused_and_its_start_kept(app):
     assert fields["MSA"][0][1] == "AR" and fields["MSA"][0][2] == "TOO-BIG"
     row = archived(app)[-1]
     assert row.outcome == "rejected" and row.payload == message[:2000]
+
+
+def test_database_down_gets_ae_so_the_sender_keeps_the_message():
+    """With no database to store (or even archive) a message in, the ACK is AE "unavailable":
+    an AR would make the sender drop a message the hub never kept."""
+    from healthhub.config import Config
+    from healthhub.db import Database
+    from healthhub.ingest.pipeline import Caller, Pipeline
+
+    db = Database(Config(database_url="postgresql://nobody@127.0.0.1:1/none"))
+    try:
+        for data in (adt("A01", "DOWN-1", "MRN1", "Doe^Jane"), b"not hl7 at all"):
+            ack = ack_fields(Pipeline(db, "http://hub.test").receive_hl7v2(data, Caller("mllp")))
+            assert ack["MSA"][0][1] == "AE" and "unavailable" in "|".join(ack["ERR"][0])
+    finally:
+        db.dispose()
