@@ -446,18 +446,17 @@ class Repository:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
         conditional creates), with transaction-scoped advisory locks taken in one statement, in
         key order, so two Bundles that lock overlapping sets of criteria at once wait for each
-        other instead of deadlocking. SQLite transactions
-        are already serial (BEGIN IMMEDIATE)."""
+        other instead of deadlocking. Advisory locks belong to the whole database, so each key is
+        mixed with the hash of the schema: hubs in different schemas of one database (tests,
+        benchmarks) do not wait for — or deadlock with — each other. SQLite transactions are
+        already serial (BEGIN IMMEDIATE)."""
         if not keys or self.session.get_bind().dialect.name != "postgresql":
             return
         digests = sorted({int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
                           for k in keys})
-        if len(digests) == 1:
-            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digests[0]})
-        else:
-            self.session.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM "
-                                      "(SELECT k FROM unnest(CAST(:ks AS bigint[])) AS u(k) ORDER BY k) AS s"),
-                                 {"ks": digests})
+        self.session.execute(text("SELECT count(pg_advisory_xact_lock(k # (hashtext(current_schema())::bigint << 32))) "
+                                  "FROM (SELECT k FROM unnest(CAST(:ks AS bigint[])) AS u(k) ORDER BY k) AS s"),
+                             {"ks": digests})
 
     def _write(self, resource_type: str, resource_id: str, resource: dict[str, Any] | None,
                version_id: int, method: str, previous: Stored | None) -> Stored:
