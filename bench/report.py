@@ -1,6 +1,7 @@
-"""Render a results.json written by bench/run.py as Markdown tables (for bench/RESULTS.md).
+"""Render a results.json written by bench/run.py (or bench/hospital.py) as Markdown tables
+(for bench/RESULTS.md).
 
-    .venv/bin/python bench/report.py [bench/results.json]
+    .venv/bin/python bench/report.py [bench/results.json | bench/results-hospital-postgres.json]
 
 Only numbers present in the file are printed, so a report cannot drift from its run.
 """
@@ -94,9 +95,69 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def render_hospital(doc: dict[str, Any]) -> str:
+    """The tables of a results file written by bench/hospital.py."""
+    m = doc["machine"]
+    pg = m.get("postgres") or {}
+    out = ["### Machine and run", ""]
+    out += _table(["", ""], [
+        ["date (UTC, start)", m["date_utc"]],
+        ["command", f"`{doc['command']}`"],
+        ["CPU", f"{m['nproc']} × {m['cpu_model']}"],
+        ["memory", f"{m['memory_gib']} GiB"],
+        ["Python", m["python"]],
+        ["PostgreSQL", ", ".join(f"{k} {v}" for k, v in pg.items()) if pg else "not used"],
+        ["HealthHub commit", f"{m['git_commit'][:12]}" + (" (uncommitted changes under healthhub/)"
+                                                          if m["git_dirty_hub"] else "")],
+        ["total run time", f"{doc['seconds']:,.0f} s"],
+    ], "ll")
+    hl7 = doc.get("hl7")
+    if hl7:
+        out += ["", f"### HL7 v2 ORU^R01 over MLLP, ACK received ({doc['db']})", "",
+                f"`healthhub mllp` as a subprocess; lab reports of {hl7['message_bytes_mean']} bytes on average "
+                "(a CBC: 5–10 OBX, 1 patient per 10 messages); CPU per message from /proc "
+                "(PostgreSQL: the backends serving the listener).", ""]
+        rows = [[name, p["messages"], f"{p['seconds']:.1f}", f"{p['messages_per_s']:.1f}",
+                 f"{p['observations_per_s']:.0f}", f"{p['ack_p50_ms']:.1f}", f"{p['ack_p99_ms']:.1f}",
+                 f"{p['listener_cpu_ms_per_message']:.1f}", _ms(p.get("postgres_cpu_ms_per_message")),
+                 f"{p['machine_busy']:.0%}", ", ".join(f"{k} {v}" for k, v in p["acks"].items())]
+                for name, p in hl7["phases"].items()]
+        out += _table(["connections", "messages", "s", "messages/s", "OBX/s", "ACK p50 ms", "ACK p99 ms",
+                       "listener CPU ms/msg", "PostgreSQL CPU ms/msg", "2 cores busy", "ACKs"], rows,
+                      "lrrrrrrrrrl")
+        out += ["", "Stored after the run (warm-up included): " + ", ".join(
+            f"{k} {c['stored']:,} of {c['sent']:,} sent" for k, c in hl7["checks"].items()) + "."]
+    csv = doc.get("csv")
+    if csv:
+        out += ["", f"### CSV case reports ({doc['db']})", ""]
+        out += _table(["rows", "file", "s", "rows/s", "peak RSS", "accepted", "rejected",
+                       "CPU ms/row (ingest)", "CPU ms/row (PostgreSQL)"],
+                      [[f"{csv['rows']:,}", f"{csv['file_bytes'] / 2**20:,.1f} MiB", f"{csv['seconds']:,.0f}",
+                        f"{csv['rows_per_s']:,.1f}", f"{csv['peak_rss_bytes'] / 2**20:,.0f} MiB",
+                        f"{csv['accepted']:,}", f"{csv['rejected']:,} (of {csv['bad_rows_written']:,} bad)",
+                        _ms(csv.get("cpu_ms_per_row")), _ms(csv.get("postgres_cpu_ms_per_row"))]],
+                      "rrrrrrrrr")
+    mpi = doc.get("mpi")
+    if mpi:
+        out += ["", "### Patient matching (bench/mpi.py)", ""]
+        out += _table(["persons", "records", "precision", "recall", "F1", "TP", "FP", "FN"],
+                      [[mpi["persons"], mpi["records"], f"{mpi['precision']:.4f}", f"{mpi['recall']:.4f}",
+                        f"{mpi['f1']:.4f}", mpi["true_pos"], mpi["false_pos"], mpi["false_neg"]]], "rrrrrrrr")
+    if doc.get("targets"):
+        out += ["", "### Targets", ""]
+        out += _table(["target", "measured", "result"],
+                      [[t["target"], t["value"], "pass" if t["pass"] else "**FAIL**"] for t in doc["targets"]], "lrl")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json"
-    sys.stdout.write(render(orjson.loads(path.read_bytes())))
+    doc = orjson.loads(path.read_bytes())
+    sys.stdout.write(render_hospital(doc) if doc.get("benchmark") == "hospital" else render(doc))
     return 0
 
 
