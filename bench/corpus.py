@@ -20,6 +20,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +152,39 @@ class CopyFactory:
         return Copy(reidentify(raw, f"c{self.made:06d}", self._pinned), file.entries, file.path.name)
 
 
+#: Syllables that make each copy's given name its own (see :func:`reidentify`).
+_SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze", "bo", "da", "fi", "gu", "he", "jo")
+
+
+def _other_person(resource: dict[str, Any], number: int) -> None:
+    """Make a copy's Patient another person: a given name, a birth date and a phone of its own.
+    The hub links the records one person has at several hospitals (healthhub/mpi), and copies
+    that differ only by a suffix of the family name are, to it, the same person: at 1M resources
+    every copy of a patient was linked into one person of ~120 records, and its ``$everything``
+    returned all of them (bench/RESULTS.md, fourth session)."""
+    for name in resource.get("name") or []:
+        given = name.get("given")
+        if isinstance(given, list) and given and isinstance(given[0], str):
+            given[0] = _word(number * 7919 + 13)
+        if isinstance(name.get("family"), str):  # still starts with the original: name searches find copies
+            name["family"] = f"{name['family']}{_word(number)}"
+    birth = resource.get("birthDate")
+    if isinstance(birth, str) and len(birth) == 10:
+        shifted = date.fromisoformat(birth) - timedelta(days=(number * 97) % 7300 + 1)
+        resource["birthDate"] = shifted.isoformat()
+    for telecom in resource.get("telecom") or []:
+        if telecom.get("system") == "phone" and isinstance(telecom.get("value"), str):
+            telecom["value"] = f"555-{number // 10000 % 1000:03d}-{number % 10000:04d}"
+
+
+def _word(number: int) -> str:
+    """A pronounceable word for a number (four syllables): a name no other copy has."""
+    return "".join(_SYLLABLES[(number >> shift) & 15] for shift in (0, 4, 8, 12)).capitalize()
+
+
 def reidentify(raw: bytes, tag: str, pinned: Mapping[str, str]) -> bytes:
-    """A copy of a patient transaction Bundle that shares no id, fullUrl or identifier with it.
+    """A copy of a patient transaction Bundle that shares no id, fullUrl or identifier with it,
+    about another person (:func:`_other_person`).
 
     Every UUID that names an entry (its ``fullUrl`` is ``urn:uuid:<uuid>``) is replaced by a new
     one wherever it appears (fullUrl, references, ``resource.id``, identifiers equal to it), so
@@ -172,9 +204,7 @@ def reidentify(raw: bytes, tag: str, pinned: Mapping[str, str]) -> bytes:
             if isinstance(ident.get("value"), str):
                 ident["value"] = f"{ident['value']}-{tag}"
         if resource.get("resourceType") == "Patient":
-            for name in resource.get("name") or []:
-                if isinstance(name.get("family"), str):
-                    name["family"] = f"{name['family']}-{tag}"
+            _other_person(resource, int("".join(c for c in tag if c.isdigit()) or 0))
         if pinned:
             entry["resource"] = _pin(resource, pinned)
     return orjson.dumps(doc)

@@ -208,6 +208,19 @@ def _proc_cpu_seconds(pid: int) -> float:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every process in a process group (a listener and its worker processes)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of /proc/pid/stat: the process group
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
 def _stat_cpu(raw: str) -> float:
     """utime + stime (seconds) from the text of /proc/<pid>/stat."""
     fields = raw.rsplit(")", 1)[1].split()
@@ -311,9 +324,10 @@ def _machine_busy() -> tuple[float, float]:
 class Listener:
     """``healthhub mllp`` on a free loopback port against the benchmark database."""
 
-    def __init__(self, database_url: str, workdir: Path) -> None:
+    def __init__(self, database_url: str, workdir: Path, processes: int = 1) -> None:
         self.database_url = database_url
         self.workdir = workdir
+        self.processes = processes
         self.log_path = workdir / "mllp.log"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -324,7 +338,8 @@ class Listener:
         with self.log_path.open("ab") as out:
             # Its own session, so stopping it can never signal the harness.
             self.proc = subprocess.Popen([*healthhub_command(), "mllp", "--host", "127.0.0.1", "--port",
-                                          str(self.port)], cwd=PROJECT_ROOT, env=env, stdout=out,
+                                          str(self.port), "--processes", str(self.processes)],
+                                         cwd=PROJECT_ROOT, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -343,7 +358,8 @@ class Listener:
         self.stop()
 
     def cpu_seconds(self) -> float:
-        return _proc_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+        """CPU of the listener and, with --processes, of its listener processes (its own session)."""
+        return _group_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def stop(self) -> None:
         """SIGTERM (the listener finishes in-flight messages), SIGKILL to its group after 30 s."""
@@ -532,7 +548,25 @@ def run_hl7(db: BenchDatabase, args: argparse.Namespace, workdir: Path) -> dict[
                 f"{j['postgres_cpu_ms_per_message']:.1f} ms/message ({phase.postgres_backends} backends), machine "
                 f"{phase.machine_busy:.0%} busy (other processes {j['other_cpu_s']:.1f} s)")
         _stop_profiler(profiler)
-    sent = [warm, *phases]
+    if args.listener_processes > 1:
+        # The same concurrent load on a listener with a process per core (healthhub mllp --processes):
+        # one Python process is one core's worth of mapping and validation.
+        with Listener(db.url, workdir, args.listener_processes) as listener:
+            name = f"{args.connections} connections, {args.listener_processes} listener processes"
+            warm2 = send_phase("warm-up 2", listener, first, WARMUP_MESSAGES, args.listener_processes, seed)
+            first += WARMUP_MESSAGES
+            phase = send_phase(name, listener, first, n, args.connections, seed)
+            first += n
+            phases.append(phase)
+            j = phase.as_json()
+            log(f"{name}: {phase.messages} messages in {phase.seconds:.1f} s: {phase.rate:.1f} messages/s; "
+                f"ACK p50 {j['ack_p50_ms']:.1f} ms, p99 {j['ack_p99_ms']:.1f} ms; ACKs {dict(phase.acks)}; listener CPU "
+                f"{j['listener_cpu_ms_per_message']:.1f} ms/message, PostgreSQL CPU {j['postgres_cpu_ms_per_message']:.1f} "
+                f"ms/message; machine {phase.machine_busy:.0%} busy")
+        extra_warm = [warm2]
+    else:
+        extra_warm = []
+    sent = [warm, *extra_warm, *phases]
     expected = {"Observation": sum(p.observations for p in sent), "DiagnosticReport": sum(p.messages for p in sent),
                 "Specimen": sum(p.messages for p in sent),
                 "Patient": len({i // MESSAGES_PER_PATIENT for i in range(first)})}
@@ -753,6 +787,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, default=1000,
                    help="HL7 v2 messages per phase (default 1000)")
     p.add_argument("--connections", type=int, default=8, help="connections of the concurrent phase (default 8)")
+    p.add_argument("--listener-processes", type=int, default=2,
+                   help="listener processes of a third phase (the concurrent load again; 1: no third phase; default 2)")
     # 1,000,000 takes about 70 min at the 244 rows/s measured at 2c7efb8 (100,000: 7 min).
     p.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV file (default 1,000,000)")
     p.add_argument("--persons", type=int, default=2000, help="persons of the matching evaluation (default 2000)")
