@@ -76,7 +76,9 @@ def unit_of_work() -> Iterator[Repository]:
         repo = Repository(session, _request_context())
         yield repo
         if repo.written_patients:  # match and link them, in the same transaction (healthhub/mpi)
-            repo.touched.extend(mpi_index.update(session, repo.written_patients, now=utcnow()).touched)
+            changes = mpi_index.update(session, repo.written_patients, now=utcnow())
+            repo.touched.extend(changes.touched)
+            repo.relinked = changes.relinked
         archive_hooks.record_success(session)  # the body, kept raw, with the change
         audit_hooks.record_success(session, repo)  # in the same transaction as the change
 
@@ -113,7 +115,7 @@ def bundle() -> Response:
     with unit_of_work() as repo:
         processor = BundleProcessor(repo, _config().fhir_base, http.prefer_return() == "representation")
         result = processor.process(body)
-    return http.fhir_response(result)
+    return http.fhir_response(_relinked_entries(result, repo.relinked))
 
 
 @bp.get("/_history")
@@ -147,7 +149,7 @@ def type_level(rtype: str) -> Response:
         body = http.read_json()
         with unit_of_work() as repo:
             result = repo.conditional_update(rtype, query, body, if_match=request.headers.get("If-Match"))
-        return _written(result)
+        return _written(result, repo.relinked)
     if request.method != "DELETE":
         raise MethodNotAllowed(valid_methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
     with unit_of_work() as repo:
@@ -196,12 +198,12 @@ def instance(rtype: str, rid: str) -> Response:
                 raise FhirError(412, [Issue("error", "duplicate", f"{rtype}/{rid} already exists "
                                             "(If-None-Match: *)")])
             result = repo.update(rtype, rid, body, if_match=if_match)
-        return _written(result)
+        return _written(result, repo.relinked)
     if request.method == "PATCH":
         operations = http.read_json(frozenset({http.JSON_PATCH}))
         with unit_of_work() as repo:
             result = repo.patch(rtype, rid, operations, if_match=if_match)
-        return _written(result)
+        return _written(result, repo.relinked)
     if request.method != "DELETE":
         raise MethodNotAllowed(valid_methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"])
     with unit_of_work() as repo:
@@ -239,7 +241,7 @@ def _create(rtype: str) -> Response:
     body = http.read_json()
     with unit_of_work() as repo:  # the repository validates (once), against the URL's type
         result = repo.create(body, if_none_exist=request.headers.get("If-None-Exist") or None, resource_type=rtype)
-    return _written(result)
+    return _written(result, repo.relinked)
 
 
 def _exists(repo: Repository, rtype: str, rid: str) -> bool:
@@ -264,9 +266,11 @@ def _read_response(stored: Stored) -> Response:
     return http.fhir_response(stored.content, 200, headers)
 
 
-def _written(result: WriteResult) -> Response:
-    """Answer a create/update/patch as ``Prefer: return`` asks."""
-    stored = result.stored
+def _written(result: WriteResult, relinked: dict[str, Stored]) -> Response:
+    """Answer a create/update/patch as ``Prefer: return`` asks, naming the version current at
+    commit: the one written, or the one the MPI wrote after it (its ``Patient.link``) — an
+    ``If-Match`` with the answer's ETag must then succeed."""
+    stored = _current(result.stored, relinked)
     headers = http.version_headers(stored, _config().fhir_base, location=True)
     prefer = http.prefer_return()
     if prefer == "minimal":
@@ -278,6 +282,30 @@ def _written(result: WriteResult) -> Response:
         return http.fhir_response(information(f"{texts[result.outcome]} {stored.resource_type}/{stored.id} "
                                               f"(version {stored.version_id})"), result.status, headers)
     return http.fhir_response(stored.content, result.status, headers)
+
+
+def _current(stored: Stored, relinked: dict[str, Stored]) -> Stored:
+    if stored.resource_type == "Patient" and stored.id in relinked:
+        return relinked[stored.id]
+    return stored
+
+
+def _relinked_entries(bundle: dict[str, Any], relinked: dict[str, Stored]) -> dict[str, Any]:
+    """A transaction/batch response naming, for each Patient it wrote that the MPI then relinked,
+    the version current at commit (as :func:`_written` does for a single write)."""
+    if not relinked:
+        return bundle
+    for entry in bundle.get("entry", ()):
+        response = entry.get("response", {})
+        location = response.get("location", "")
+        parts = location.split("/")
+        if len(parts) == 4 and parts[0] == "Patient" and parts[1] in relinked:
+            stored = relinked[parts[1]]
+            response.update(location=f"Patient/{stored.id}/_history/{stored.version_id}", etag=stored.etag,
+                            lastModified=instant(stored.last_updated))
+            if "resource" in entry:
+                entry["resource"] = stored.content
+    return bundle
 
 
 def _deleted(result: WriteResult | None) -> Response:

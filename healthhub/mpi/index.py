@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from ..context import SYSTEM
 from ..ingest.matching import REVIEW, Features, Match, blocking_keys, features, score
 from ..storage.models import Resource
-from ..storage.repository import Repository, ordered
+from ..storage.repository import Repository, Stored, ordered
 from .linkage import Linker, ordered_pair
 from .models import MpiKey, MpiReview
 
@@ -61,6 +61,8 @@ class Changes:
     reviews: list[tuple[str, str, float, str]] = field(default_factory=list)
     #: ``Patient/id`` of each record written anew (its ``Patient.link``).
     touched: list[str] = field(default_factory=list)
+    #: The version written of each relinked record, by id (what the request's answer must name).
+    relinked: dict[str, Stored] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ def update(session: Session, patient_ids: Iterable[str], *, now: datetime) -> Ch
             elif review.status == "pending" and review.score != m.score:
                 review.score, review.grade = m.score, m.grade  # the records changed since it was raised
     changes.touched = linker.flush()
+    changes.relinked = linker.written
     return changes
 
 

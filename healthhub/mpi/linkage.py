@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from ..context import SYSTEM
 from ..ingest.matching import grade
 from ..storage.models import Resource
-from ..storage.repository import Repository, ordered
+from ..storage.repository import Repository, Stored, ordered
 from .links import mpi_link, with_links
 from .models import MpiLink, MpiPerson, MpiReview
 from .person import persons_of, records_of
@@ -59,6 +59,9 @@ class Linker:
         self._add: dict[str, list[dict[str, Any]]] = {}
         self._remove: dict[str, set[str]] = {}
         self._set: dict[str, dict[str, Any]] = {}
+        #: The version :meth:`flush` wrote of each record, by id: the answer to a request that
+        #: wrote the record names this one, not the version the MPI superseded in its transaction.
+        self.written: dict[str, Stored] = {}
 
     # -- persons -------------------------------------------------------------------------
 
@@ -187,6 +190,7 @@ class Linker:
             result = repo.update("Patient", pid, new, mpi=True)
             if result.outcome != "unchanged":
                 written.append(f"Patient/{pid}")
+                self.written[pid] = result.stored
         self._add, self._remove, self._set = {}, {}, {}
         return written
 

@@ -97,6 +97,9 @@ class Repository:
         #: Ids of the Patients created, updated or deleted, for the master patient index
         #: (``healthhub.mpi.index.update``, called once per unit of work).
         self.written_patients: list[str] = []
+        #: Patients the MPI gave a new version (``Patient.link``) after this unit of work wrote
+        #: them, by id: the version an answer about them must name (set by the caller of the MPI).
+        self.relinked: dict[str, Stored] = {}
         #: ``Type/id/_history/vid`` of every version written (created, updated or deleted).
         self.written: list[str] = []
 

@@ -428,6 +428,42 @@ def test_two_records_of_one_person_in_one_transaction_are_linked(client, app):
     assert [e["resource"]["id"] for e in match(client, record(abdul, "HOSP-C", "C-1")).json["entry"]] == [a]
 
 
+def test_the_answer_to_a_write_names_the_version_the_mpi_left(client):
+    """The MPI writes the link as a new version in the request's transaction; the answer (ETag,
+    Location, body) names that version, so the client's next If-Match update succeeds."""
+    person = synthea_patient()
+    number = nid("310170012345")
+    a = create(client, record(person, "HOSP-A", "A-1", number))
+    r = post_json(client, "/fhir/Patient", record(person, "HOSP-B", "B-1", number))
+    assert r.status_code == 201
+    b = r.json["id"]
+    assert r.headers["ETag"] == 'W/"2"' and r.headers["Location"].endswith(f"/Patient/{b}/_history/2")
+    assert r.json["meta"]["versionId"] == "2" and mpi_links_of(r.json) == {a: ("seealso", "national-id 1")}
+    assert r.json == read(client, "Patient", b)
+    sent = {**r.json, "gender": "other"}
+    r = client.put(f"/fhir/Patient/{b}", data=orjson.dumps(sent),
+                   headers={"Content-Type": "application/fhir+json", "If-Match": 'W/"2"'})
+    assert r.status_code == 200, r.json
+    # In a transaction: the entry's location, etag and resource are the relinked version's.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b5a3f0e-0000-4000-8000-000000000003", "resource": record(person, "HOSP-C", "C-1", number),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Basic", "code": {"text": "unrelated"}},
+         "request": {"method": "POST", "url": "Basic"}}]}
+    r = client.post("/fhir", data=orjson.dumps(bundle), headers={"Content-Type": "application/fhir+json",
+                                                                "Prefer": "return=representation"})
+    assert r.status_code == 200, r.json
+    patient, basic = r.json["entry"]
+    c = patient["resource"]["id"]
+    stored = read(client, "Patient", c)
+    assert patient["response"]["location"] == f"Patient/{c}/_history/{stored['meta']['versionId']}"
+    assert patient["response"]["etag"] == f'W/"{stored["meta"]["versionId"]}"' and patient["resource"] == stored
+    # one direct link, to either record of the person (the person is their closure)
+    assert stored["meta"]["versionId"] == "2" and len(mpi_links_of(stored)) == 1
+    assert set(mpi_links_of(stored)) <= {a, b}
+    assert basic["response"]["location"].endswith("/_history/1")
+
+
 def test_cli_ingest_links_the_records_it_loads(app, tmp_path):
     from healthhub.context import RequestContext
     from healthhub.ingest.fhir_files import Summary, ingest_file
