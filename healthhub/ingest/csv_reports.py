@@ -42,6 +42,9 @@ UCUM = "http://unitsofmeasure.org"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 CONDITION_OUTCOME = "http://hl7.org/fhir/StructureDefinition/condition-outcome"
 OUTCOME_SYSTEM = "urn:healthhub:codesystem:case-outcome"
+#: ``meta.tag`` system of the Patients a hospital's case reports created without a record number
+#: (the code is the hospital's code): the conditional create of its next report finds that record.
+SENDER_TAG = "urn:healthhub:sender"
 _SCHEMA = "_schema"  # marshmallow's key for errors of the row as a whole
 
 
@@ -339,11 +342,11 @@ def _bundle(data: Mapping[str, Any], profile: Profile, sender: SenderProfile, no
     patient_url, condition_url = _urn(), _urn()
     observation_url = _urn() if data.get("test_code") else None
     case_system = sender.system("case")
-    patient, key = _patient(data, sender)
+    patient, criteria = _patient(data, sender)
     entries = [{"fullUrl": patient_url, "resource": patient,
                 # Conditional create: a case report never overwrites what a hospital feed sent.
                 # https://hl7.org/fhir/R4B/http.html#ccreate
-                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={key}"}}]
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}}]
     condition = _condition(data, profile, case_system, patient_url, observation_url, notes)
     entries.append({"fullUrl": condition_url, "resource": condition,
                     # Conditional update on the case identifier: a re-sent file updates, never duplicates.
@@ -382,21 +385,33 @@ def _identifier_type(code: str, display: str) -> dict[str, Any]:
 
 
 def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, Any], str]:
-    """The Patient and the ``system|value`` token of its most reliable identifier."""
+    """The Patient and the criteria of its conditional create: this hospital's record of the
+    patient, never another hospital's.
+
+    The hub keeps one Patient per hospital and links those of one person (healthhub/mpi), so a
+    national id alone may match several records — and a conditional create that matches more
+    than one is refused (https://hl7.org/fhir/R4B/http.html#ccreate: 412), which rejected every
+    case report of a person two hospitals had sent. The key is therefore the hospital's record
+    number (the key its HL7 v2 feed writes under too); without one, the national id among the
+    records this hospital's case reports made (``meta.tag`` ``SENDER_TAG|<hospital_code>``)."""
     identifiers: list[dict[str, Any]] = []
-    keys: list[str] = []
+    criteria = ""
+    patient: dict[str, Any] = {"resourceType": "Patient"}
     if data.get("national_id"):
         identifiers.append({"use": "official", "type": _identifier_type("NI", "National unique individual identifier"),
                             "system": NATIONAL_ID_SYSTEM, "value": data["national_id"]})
-        keys.append(_token(NATIONAL_ID_SYSTEM, data["national_id"]))
     if data.get("mrn"):
         mrn: dict[str, Any] = {"use": "usual", "type": _identifier_type("MR", "Medical record number"),
                                "system": sender.mrn_system, "value": data["mrn"]}
         if sender.organization:
             mrn["assigner"] = {"reference": sender.organization}
         identifiers.append(mrn)
-        keys.append(_token(sender.mrn_system, data["mrn"]))
-    patient: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers}
+        criteria = f"identifier={_token(sender.mrn_system, data['mrn'])}"
+    else:  # the schema requires one of the two
+        tag = {"system": SENDER_TAG, "code": sender.code}
+        patient["meta"] = {"tag": [tag]}
+        criteria = f"identifier={_token(NATIONAL_ID_SYSTEM, data['national_id'])}&_tag={_token(SENDER_TAG, sender.code)}"
+    patient["identifier"] = identifiers
     name: dict[str, Any] = {}
     if data.get("family_name"):
         name["family"] = normalize.person_name(data["family_name"])
@@ -415,7 +430,7 @@ def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, 
                if data.get(f)}
     if address:
         patient["address"] = [{"use": "home", **address}]
-    return patient, keys[0]
+    return patient, criteria
 
 
 # clinicalStatus per outcome (https://hl7.org/fhir/R4B/valueset-condition-clinical.html); None = omitted.

@@ -194,6 +194,47 @@ def test_cases_of_one_patient_in_one_file_make_one_patient(app, client, tmp_path
     assert found.get("total") == 2, found
 
 
+def test_a_person_two_hospitals_sent_still_gets_case_reports(app, client, tmp_path):
+    """One Patient per hospital, linked by the MPI: a national id then matches several records,
+    and a conditional create on it alone was refused (412: more than one match). A hospital's
+    case report is written under its own record — its MRN, or without one, the record its
+    earlier reports made — and the new record joins the person."""
+    rows = rows_of(GOOD)
+    first = dict(next(r for r in rows if r["national_id"] and r["mrn"]))
+    register(app, first["hospital_code"])
+    national = first["national_id"]
+    for hospital in ("HOSP-A", "HOSP-B"):  # the person's records at two other hospitals
+        r = client.post("/fhir/Patient", json={"resourceType": "Patient", "identifier": [
+            {"system": f"urn:healthhub:sender:{hospital}:mrn", "value": f"{hospital}-1"},
+            {"system": "urn:healthhub:id:national", "value": national}]})
+        assert r.status_code == 201, r.json
+    others = {e["resource"]["id"] for e in client.get(
+        f"/fhir/Patient?identifier=urn:healthhub:id:national|{national}").json["entry"]}
+    assert len(others) == 2
+    with_mrn = {**first, "case_id": first["case_id"] + "-M"}
+    without_mrn = {**first, "case_id": first["case_id"] + "-N", "mrn": ""}
+    path = tmp_path / "cases.csv"
+    for row in (with_mrn, without_mrn):
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, list(first))
+            writer.writeheader()
+            writer.writerow(row)
+        for _ in range(2):  # sent twice: the second time nothing new
+            report = upload(client, path).json
+            assert report["accepted"] == 1 and report["rejected"] == [], report
+    patients = client.get(f"/fhir/Patient?identifier=urn:healthhub:id:national|{national}").json
+    ids = {e["resource"]["id"] for e in patients["entry"]}
+    assert len(ids) == 4  # the two hospitals' records, this hospital's by MRN, and its MRN-less one
+    mine = ids - others
+    subjects = {e["resource"]["subject"]["reference"].removeprefix("Patient/")
+                for e in client.get(f"/fhir/Condition?identifier={first['case_id']}-M,{first['case_id']}-N").json["entry"]}
+    assert subjects == mine
+    # all four are one person: $everything of any of them has both cases
+    everything = client.get(f"/fhir/Patient/{sorted(others)[0]}/$everything").json
+    assert {e["resource"]["id"] for e in everything["entry"] if e["resource"]["resourceType"] == "Patient"} == ids
+    assert sum(e["resource"]["resourceType"] == "Condition" for e in everything["entry"]) == 2
+
+
 def test_rows_the_store_refuses_fail_alone(app):
     """A client that may not write Observations: the rows with a lab test are refused (403 on
     their Observation), the rows without one are stored."""

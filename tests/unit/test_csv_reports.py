@@ -89,7 +89,9 @@ def assert_valid(bundle: dict[str, Any]) -> None:
         assert uuid.UUID(entry["fullUrl"].removeprefix("urn:uuid:")).version == 4
         resource = entry["resource"]
         resources.validate(resource)
-        assert "meta" not in resource and "id" not in resource  # the pipeline adds meta.source
+        # the pipeline adds meta.source; only a Patient without an MRN comes with a tag
+        expected_meta = {"tag"} if resource["resourceType"] == "Patient" else set()
+        assert "id" not in resource and set(resource.get("meta", {})) <= expected_meta
         assert resource["resourceType"] != "Provenance"
 
 
@@ -126,10 +128,16 @@ def check_patient(entry: dict[str, Any], row: dict[str, str]) -> None:
     if row["mrn"]:
         assert idents[mrn_system]["value"] == row["mrn"]
         assert idents[mrn_system]["assigner"] == {"reference": f"Organization/{row['hospital_code'].lower()}"}
-    # Conditional create on the most reliable identifier: the national id, else the MRN.
+    # Conditional create on this hospital's record: its MRN, else the national id among the
+    # records its case reports made (tagged with its code).
     assert entry["request"]["method"] == "POST" and entry["request"]["url"] == "Patient"
-    key = f"{NATIONAL_ID_SYSTEM}|{national}" if national else f"{mrn_system}|{row['mrn']}"
-    assert token(entry["request"]["ifNoneExist"]) == key
+    criteria = dict(parse_qsl(entry["request"]["ifNoneExist"]))
+    if row["mrn"]:
+        assert criteria == {"identifier": f"{mrn_system}|{row['mrn']}"} and "meta" not in patient
+    else:
+        assert criteria == {"identifier": f"{NATIONAL_ID_SYSTEM}|{national}",
+                            "_tag": f"urn:healthhub:sender|{row['hospital_code']}"}
+        assert patient["meta"]["tag"] == [{"system": "urn:healthhub:sender", "code": row["hospital_code"]}]
     assert patient["gender"] == GENDER[row["sex"].lower()]
     assert patient["birthDate"] == row["birth_date"]
     name = patient["name"][0]
