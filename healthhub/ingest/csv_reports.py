@@ -8,7 +8,6 @@ each column becomes is documented in docs/csv-case-reports.md.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import re
@@ -17,7 +16,6 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 from marshmallow import ValidationError
 
@@ -30,7 +28,8 @@ from .csv_profile import (
     available_profiles,
     load_profile,
 )
-from .normalize import NATIONAL_ID_SYSTEM, Note, SenderProfile
+from .normalize import NATIONAL_ID_SYSTEM, SENDER_TAG, Note, SenderProfile
+from .normalize import search_token as _token
 
 __all__ = ["HeaderError", "Profile", "ProfileError", "RowResult", "UnknownProfileError", "available_profiles",
            "load_profile", "read_rows"]
@@ -42,9 +41,6 @@ UCUM = "http://unitsofmeasure.org"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 CONDITION_OUTCOME = "http://hl7.org/fhir/StructureDefinition/condition-outcome"
 OUTCOME_SYSTEM = "urn:healthhub:codesystem:case-outcome"
-#: ``meta.tag`` system of the Patients a hospital's case reports created without a record number
-#: (the code is the hospital's code): the conditional create of its next report finds that record.
-SENDER_TAG = "urn:healthhub:sender"
 _SCHEMA = "_schema"  # marshmallow's key for errors of the row as a whole
 
 
@@ -365,21 +361,6 @@ def _urn() -> str:
     return f"urn:uuid:{uuid.uuid4()}"
 
 
-def _token(system: str, value: str) -> str:
-    """``system|value`` for a token search, FHIR-escaped then percent-encoded
-    (https://hl7.org/fhir/R4B/search.html#escaping)."""
-    return f"{_encoded(system, ':/')}|{value if _UNRESERVED.match(value) else _encoded(value, '')}"
-
-
-_UNRESERVED = re.compile(r"^[A-Za-z0-9._~-]*$")  # nothing to escape or encode (RFC 3986 §2.3)
-
-
-@functools.lru_cache(maxsize=256)
-def _encoded(text: str, safe: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
-    return quote(escaped, safe=safe)
-
-
 def _identifier_type(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": V2_0203, "code": code, "display": display}]}
 
@@ -393,7 +374,8 @@ def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, 
     than one is refused (https://hl7.org/fhir/R4B/http.html#ccreate: 412), which rejected every
     case report of a person two hospitals had sent. The key is therefore the hospital's record
     number (the key its HL7 v2 feed writes under too); without one, the national id among the
-    records this hospital's case reports made (``meta.tag`` ``SENDER_TAG|<hospital_code>``)."""
+    records this hospital's payloads made (``meta.tag`` ``SENDER_TAG|<hospital_code>``, as the
+    HL7 v2 adapter does for a sender registered without an Organization)."""
     identifiers: list[dict[str, Any]] = []
     criteria = ""
     patient: dict[str, Any] = {"resourceType": "Patient"}
@@ -408,8 +390,7 @@ def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, 
         identifiers.append(mrn)
         criteria = f"identifier={_token(sender.mrn_system, data['mrn'])}"
     else:  # the schema requires one of the two
-        tag = {"system": SENDER_TAG, "code": sender.code}
-        patient["meta"] = {"tag": [tag]}
+        patient["meta"] = {"tag": [sender.tag]}
         criteria = f"identifier={_token(NATIONAL_ID_SYSTEM, data['national_id'])}&_tag={_token(SENDER_TAG, sender.code)}"
     patient["identifier"] = identifiers
     name: dict[str, Any] = {}

@@ -26,6 +26,28 @@ from . import terminology
 NATIONAL_ID_SYSTEM = "urn:healthhub:id:national"
 
 
+#: ``meta.tag`` system naming the hospital whose payload created a Patient (the code is its
+#: hospital code). A hospital's record keyed only by a national id is found by it: the national id
+#: alone may match the records of several hospitals, linked by the MPI (healthhub/mpi).
+SENDER_TAG = "urn:healthhub:sender"
+
+
+def search_token(system: str, value: str) -> str:
+    """``system|value`` for a token search in a URL, FHIR-escaped then percent-encoded
+    (https://hl7.org/fhir/R4B/search.html#escaping): an identifier holding ``,`` or ``|`` is
+    one value, not two criteria."""
+    return f"{_encoded(system, ':/')}|{value if _UNRESERVED.match(value) else _encoded(value, '')}"
+
+
+_UNRESERVED = re.compile(r"^[A-Za-z0-9._~-]*$")  # nothing to escape or encode (RFC 3986 §2.3)
+
+
+@lru_cache(maxsize=256)
+def _encoded(text: str, safe: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+    return quote(escaped, safe=safe)
+
+
 @dataclass(frozen=True)
 class SenderProfile:
     """What the hub knows about one sending hospital (registered with its client)."""
@@ -45,6 +67,11 @@ class SenderProfile:
         """``urn:healthhub:sender:<code>:<kind>``: a system only this sender's values live in (the
         code percent-encoded: hospital codes such as MSH-4 names may hold spaces, a URI may not)."""
         return f"urn:healthhub:sender:{quote(self.code, safe='-._~')}:{kind}"
+
+    @property
+    def tag(self) -> dict[str, str]:
+        """The ``meta.tag`` coding of a Patient this sender's payload created (:data:`SENDER_TAG`)."""
+        return {"system": SENDER_TAG, "code": self.code}
 
     @property
     def mrn_system(self) -> str:

@@ -265,6 +265,51 @@ def test_a03_finishes_the_same_encounter_and_a40_merges(app, client):
                                          for e in everything["entry"]}
 
 
+def _message(kind: str, control: str, pid: str, *rest: str) -> bytes:
+    lines = [f"MSH|^~\\&|SYS|HOSP-M|HUB|MOPH|20240101120000||{kind}|{control}|P|2.5.1", pid, *rest]
+    return ("\r".join(lines) + "\r").encode()
+
+
+def test_a_national_id_alone_keys_the_senders_own_record(app, client):
+    """The hub keeps one Patient per hospital and links them: a PID with only a national id is
+    written under this sender's record (tagged with its code, the sender having no
+    Organization), not refused because two other hospitals' records hold the same id."""
+    register(app, "HOSP-M")
+    sender = authorized(app)
+    body = "310170012345"
+    number = body + str((11 - sum(int(d) * (13 - i) for i, d in enumerate(body)) % 11) % 10)
+    for hospital in ("HOSP-A", "HOSP-B"):
+        r = client.post("/fhir/Patient", json={"resourceType": "Patient", "identifier": [
+            {"system": f"urn:healthhub:sender:{hospital}:mrn", "value": "1"},
+            {"system": "urn:healthhub:id:national", "value": number}]})
+        assert r.status_code == 201, r.json
+    pid = f"PID|1||{number}^^^MOPH^NI||Doe^Jane||19800101|F"
+    assert post_hl7(sender, _message("ADT^A04", "N1", pid))["MSA"][0][1] == "AA"
+    assert post_hl7(sender, _message("ADT^A08", "N2", pid.replace("Doe^Jane", "Doe^Janet")))["MSA"][0][1] == "AA"
+    result = _message("ORU^R01^ORU_R01", "N3", pid, "OBR|1|ORD-1|FIL-1|2345-7^Glucose^LN|||20240101110000",
+                      "OBX|1|NM|2345-7^Glucose^LN||126|mg/dL|70-99|H|||F|||20240101110000")
+    assert post_hl7(sender, result)["MSA"][0][1] == "AA"
+    records = client.get(f"/fhir/Patient?identifier=urn:healthhub:id:national|{number}").json["entry"]
+    assert len(records) == 3
+    [mine] = [e["resource"] for e in records if e["resource"].get("meta", {}).get("tag")]
+    assert mine["meta"]["tag"] == [{"system": "urn:healthhub:sender", "code": "HOSP-M"}]
+    assert mine["name"][0]["given"] == ["Janet"] and mine["meta"]["versionId"] in ("2", "3")
+    [obs] = client.get("/fhir/Observation?code=http://loinc.org|2345-7").json["entry"]
+    assert obs["resource"]["subject"]["reference"] == f"Patient/{mine['id']}"
+
+
+def test_an_identifier_with_a_comma_is_one_identifier(app, client):
+    """``MRN,1`` in a conditional write is one value (FHIR-escaped), not "MRN or 1": the second
+    patient must not overwrite the first."""
+    register(app, "HOSP-M")
+    sender = authorized(app)
+    assert post_hl7(sender, adt("A04", "C1", "MRN", "Doe^Jane"))["MSA"][0][1] == "AA"
+    assert post_hl7(sender, adt("A04", "C2", "MRN\\T\\1", "Roe^Richard"))["MSA"][0][1] == "AA"  # \T\ is "&"
+    assert post_hl7(sender, adt("A04", "C3", "MRN,1", "Poe^Edgar"))["MSA"][0][1] == "AA"
+    names = sorted(e["resource"]["name"][0]["family"] for e in client.get("/fhir/Patient").json["entry"])
+    assert names == ["Doe", "Poe", "Roe"]
+
+
 def test_a_twenty_megabyte_message_is_stored_and_archived(app, client):
     register(app, "HOSP-M")
     big = "x" * 20_000_000

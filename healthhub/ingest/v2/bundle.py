@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import quote
 
-from healthhub.ingest.normalize import SenderProfile
+from healthhub.ingest.normalize import SenderProfile, search_token
 
 
 def sender_system(sender: SenderProfile, kind: str) -> str:
@@ -21,8 +20,9 @@ def sender_system(sender: SenderProfile, kind: str) -> str:
 
 
 def criteria(system: str, value: str) -> str:
-    """``identifier=<system>|<value>``, URL-encoded (the ``|`` kept readable)."""
-    return f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+    """``identifier=<system>|<value>``, FHIR-escaped and URL-encoded (the ``|`` kept readable):
+    a value holding ``,`` is one identifier, not two alternatives."""
+    return f"identifier={search_token(system, value)}"
 
 
 class BundleBuilder:

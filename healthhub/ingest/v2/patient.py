@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from healthhub.ingest.normalize import NATIONAL_ID_SYSTEM, validate_national_id
+from healthhub.ingest.normalize import NATIONAL_ID_SYSTEM, SenderProfile, search_token, validate_national_id
 
 from .bundle import BundleBuilder, criteria
 from .context import Context, where
@@ -31,9 +31,17 @@ class PatientKey:
     value: str
     national: bool
 
-    def criteria(self, organization: str | None) -> tuple[str, str]:
-        """(identifier criteria, extra criteria): a national id is narrowed to this sender's records."""
-        extra = f"&organization={organization}" if self.national and organization else ""
+    def criteria(self, sender: SenderProfile) -> tuple[str, str]:
+        """(identifier criteria, extra criteria): a national id is narrowed to this sender's
+        records — by its Organization (``managingOrganization``), or without one by the sender
+        tag the Patient carries (:func:`write_patient`). Alone it may match the records of several
+        hospitals (linked by the MPI), and a conditional write matching more than one is refused."""
+        if not self.national:
+            extra = ""
+        elif sender.organization:
+            extra = f"&organization={sender.organization}"
+        else:
+            extra = f"&_tag={search_token(sender.tag['system'], sender.tag['code'])}"
         return criteria(self.system, self.value), extra
 
 
@@ -178,10 +186,11 @@ def write_patient(ctx: Context, builder: BundleBuilder, res: dict[str, Any], key
                   demographics: bool) -> str:
     """Add the Patient: ``PUT`` when the message carries demographics (ADT), else a
     conditional create, so results never overwrite what registration sent."""
-    organization = ctx.sender.organization
     if key is None:
         return builder.create(res)
-    match, extra = key.criteria(organization)
+    match, extra = key.criteria(ctx.sender)
+    if key.national and not ctx.sender.organization:
+        res.setdefault("meta", {}).setdefault("tag", []).append(ctx.sender.tag)
     if demographics:
         return builder.add(res, {"method": "PUT", "url": f"Patient?{match}{extra}"})
     return builder.add(res, {"method": "POST", "url": "Patient", "ifNoneExist": match + extra})
