@@ -248,6 +248,21 @@ def _client_ports(pid: int) -> set[int]:
     return ports
 
 
+def _family(pid: int) -> list[int]:
+    """``pid`` and its descendants (parent ids from /proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    family, grown = {pid}, True
+    while grown:
+        more = {child for child, parent in parents.items() if parent in family} - family
+        family |= more
+        grown = bool(more)
+    return sorted(family)
+
+
 class BackendCpu:
     """CPU time of the PostgreSQL backends that serve one client process (the listener, the CSV
     ingest), told apart from other clients of the same server by the client port in each
@@ -264,7 +279,8 @@ class BackendCpu:
         self._thread: threading.Thread | None = None
 
     def _sample(self, initial: bool = False) -> None:
-        ports = _client_ports(self.client_pid)
+        # the client and its children (``healthhub mllp --processes N`` runs N child processes)
+        ports = set().union(*(_client_ports(pid) for pid in _family(self.client_pid)))
         if not ports:
             return
         for proc in Path("/proc").iterdir():
