@@ -373,9 +373,10 @@ def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, 
     national id alone may match several records — and a conditional create that matches more
     than one is refused (https://hl7.org/fhir/R4B/http.html#ccreate: 412), which rejected every
     case report of a person two hospitals had sent. The key is therefore the hospital's record
-    number (the key its HL7 v2 feed writes under too); without one, the national id among the
-    records this hospital's payloads made (``meta.tag`` ``SENDER_TAG|<hospital_code>``, as the
-    HL7 v2 adapter does for a sender registered without an Organization)."""
+    number (the key its HL7 v2 feed writes under too); without one, the national id among this
+    hospital's records, as the HL7 v2 adapter finds them: those its Organization manages, or for
+    a sender registered without one, those its payloads made (``meta.tag``
+    ``SENDER_TAG|<hospital_code>``)."""
     identifiers: list[dict[str, Any]] = []
     criteria = ""
     patient: dict[str, Any] = {"resourceType": "Patient"}
@@ -389,9 +390,13 @@ def _patient(data: Mapping[str, Any], sender: SenderProfile) -> tuple[dict[str, 
             mrn["assigner"] = {"reference": sender.organization}
         identifiers.append(mrn)
         criteria = f"identifier={_token(sender.mrn_system, data['mrn'])}"
-    else:  # the schema requires one of the two
+    elif sender.organization:  # the schema requires one of the two
+        criteria = f"identifier={_token(NATIONAL_ID_SYSTEM, data['national_id'])}&organization={sender.organization}"
+    else:
         patient["meta"] = {"tag": [sender.tag]}
         criteria = f"identifier={_token(NATIONAL_ID_SYSTEM, data['national_id'])}&_tag={_token(SENDER_TAG, sender.code)}"
+    if sender.organization:
+        patient["managingOrganization"] = {"reference": sender.organization}
     patient["identifier"] = identifiers
     name: dict[str, Any] = {}
     if data.get("family_name"):

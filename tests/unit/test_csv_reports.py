@@ -134,10 +134,10 @@ def check_patient(entry: dict[str, Any], row: dict[str, str]) -> None:
     criteria = dict(parse_qsl(entry["request"]["ifNoneExist"]))
     if row["mrn"]:
         assert criteria == {"identifier": f"{mrn_system}|{row['mrn']}"} and "meta" not in patient
-    else:
-        assert criteria == {"identifier": f"{NATIONAL_ID_SYSTEM}|{national}",
-                            "_tag": f"urn:healthhub:sender|{row['hospital_code']}"}
-        assert patient["meta"]["tag"] == [{"system": "urn:healthhub:sender", "code": row["hospital_code"]}]
+    else:  # these hospitals are registered with an Organization: the records it manages
+        organization = f"Organization/{row['hospital_code'].lower()}"
+        assert criteria == {"identifier": f"{NATIONAL_ID_SYSTEM}|{national}", "organization": organization}
+        assert patient["managingOrganization"] == {"reference": organization} and "meta" not in patient
     assert patient["gender"] == GENDER[row["sex"].lower()]
     assert patient["birthDate"] == row["birth_date"]
     name = patient["name"][0]
