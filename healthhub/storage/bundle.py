@@ -294,7 +294,7 @@ class BundleProcessor:
 
     def _prefetch_conditions(self, entries: list[Entry]) -> None:
         """Lock and search the ``ifNoneExist`` criteria of the POST entries, and the criteria of the
-        conditional PUT entries, together: a few statements per resource type
+        conditional PUT entries, together: the locks in one statement, the searches in a few per type
         (:meth:`Repository.match_many`); :meth:`_assign_target` then reads the answers from
         ``_conditions`` and ``_put_conditions``. The locks keep two requests with the same criteria
         from both creating (HAPI #3141)."""
@@ -305,8 +305,7 @@ class BundleProcessor:
                 posts.setdefault(e.path, []).append(e.if_none_exist)
             elif e.method == "PUT" and e.query and "/" not in e.path and resources.is_resource_type(e.path):
                 puts.setdefault(e.path, []).append(e.query)
-        for rtype in dict.fromkeys([*posts, *puts]):
-            self.repo.lock_criteria(rtype, *posts.get(rtype, ()), *puts.get(rtype, ()))
+        self.repo.lock_criteria_of((rtype, q) for kind in (posts, puts) for rtype, qs in kind.items() for q in qs)
         for kinds, answers, permission in ((posts, self._conditions, "c"), (puts, self._put_conditions, "u")):
             for rtype, queries in kinds.items():
                 found = self.repo.match_many(rtype, queries, permission=permission)

@@ -445,6 +445,12 @@ class Repository:
         (parameter order, a leading ``Type?``): the key is the sorted parameter list."""
         self.lock(*(_criteria_key(resource_type, q) for q in queries))
 
+    def lock_criteria_of(self, criteria: Iterable[tuple[str, str]]) -> None:
+        """:meth:`lock_criteria` for (resource type, query) pairs of several types, in one
+        statement: locks taken type by type, in the order a Bundle lists its entries, could
+        deadlock with another Bundle listing the same types the other way round."""
+        self.lock(*(_criteria_key(rtype, q) for rtype, q in criteria))
+
     def lock(self, *keys: str) -> None:
         """Serialise conditional writes on the same criteria (no duplicate from two racing
         conditional creates), with transaction-scoped advisory locks taken in one statement, in

@@ -64,3 +64,27 @@ def test_racing_conditional_puts_in_transactions_make_one_resource(live_server, 
                            headers=HEADERS).json()
     # one create, then an update per other transaction (each body differs: code.text)
     assert history["total"] == 8 and history["entry"][-1]["response"]["status"] == "201 Created"
+
+
+def test_bundles_listing_types_in_opposite_orders_do_not_deadlock(live_server, HEADERS):
+    """Two transactions with conditional creates of a Patient and an Observation, listed in
+    opposite orders: the criteria of all types are locked in one statement, in key order (locked
+    type by type, each would hold one lock and wait for the other's: a deadlock, one aborted)."""
+    def bundle(round_: int, reverse: bool) -> int:
+        entries = [{"resource": {"resourceType": rtype, **extra,
+                                 "identifier": [{"system": "urn:order", "value": f"{rtype}-{round_}"}]},
+                    "request": {"method": "POST", "url": rtype,
+                                "ifNoneExist": f"identifier=urn:order|{rtype}-{round_}"}}
+                   for rtype, extra in (("Patient", {}),
+                                        ("Observation", {"status": "final", "code": {"text": "x"}}))]
+        body = {"resourceType": "Bundle", "type": "transaction", "entry": entries[::-1] if reverse else entries}
+        return requests.post(live_server, json=body, headers=HEADERS, timeout=30).status_code
+
+    rounds = 12
+    with ThreadPoolExecutor(2) as pool:
+        statuses = [s for r in range(rounds) for s in pool.map(lambda rev, r=r: bundle(r, rev), (False, True))]
+    assert statuses == [200] * (2 * rounds), statuses
+    for rtype in ("Patient", "Observation"):
+        found = requests.get(f"{live_server}/{rtype}?identifier=urn:order|&_count=100&_summary=count",
+                             headers=HEADERS, timeout=30).json()
+        assert found["total"] == rounds
