@@ -227,7 +227,12 @@ class BundleProcessor:
         The spec lets a batch's entries be processed in any order and forbids them to depend on
         each other (https://hl7.org/fhir/R4B/http.html#brules), so a conditional create in a run
         need not see the creates before it in that run. A repeated ``ifNoneExist`` would, so it
-        starts a new run: the same criteria twice in one batch still create one resource."""
+        starts a new run: the same criteria twice in one batch still create one resource.
+
+        The criteria of all its conditional writes are locked first, in one statement: entries
+        run one after the other in one database transaction, and locking each as it came made
+        two batches listing the same criteria in other orders deadlock (the whole batch 503)."""
+        self.repo.lock_criteria_of(_conditional_criteria(raw_entries))
         entries: list[Entry] = []
         run: list[tuple[int, Any]] = []
         criteria: set[tuple[str, str]] = set()
@@ -452,6 +457,24 @@ class BundleProcessor:
         if not resources.is_resource_type(name):
             raise FhirError(404, [Issue("error", "not-supported", f"Unknown resource type {name!r}")])
         return name
+
+
+def _conditional_criteria(raw_entries: list[Any]) -> Iterator[tuple[str, str]]:
+    """(type, criteria) of the conditional creates and conditional updates among raw entries."""
+    for raw in raw_entries:
+        request = raw.get("request") if isinstance(raw, dict) else None
+        if not isinstance(request, dict):
+            continue
+        url = str(request.get("url") or "")
+        if request.get("method") == "POST" and request.get("ifNoneExist"):
+            rtype, criteria = _criteria_of(request)
+        elif request.get("method") == "PUT" and "?" in url:
+            path, criteria = url.split("?", 1)
+            rtype = path.strip().rstrip("/").rsplit("/", 1)[-1]
+        else:
+            continue
+        if resources.is_resource_type(rtype):
+            yield rtype, criteria
 
 
 def _criteria_of(request: dict[str, Any]) -> tuple[str, str]:

@@ -212,3 +212,28 @@ def test_unexpected_errors_are_500_without_trace(make_app, monkeypatch):
     body = assert_outcome(resp, 500)
     assert "secret" not in resp.data.decode()
     assert body["issue"][0]["code"] == "exception"
+
+
+class _DbError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate, status, code", [
+    ("40P01", 409, "conflict"),   # deadlock detected: the database aborted this request for another
+    ("40001", 409, "conflict"),   # serialization failure
+    ("08006", 503, "transient"),  # connection failure: the database is unavailable
+    (None, 503, "transient"),
+])
+def test_database_errors_get_a_precise_outcome(client, monkeypatch, sqlstate, status, code):
+    from sqlalchemy.exc import OperationalError
+
+    from healthhub.storage.repository import Repository
+
+    def fail(*args, **kwargs):
+        raise OperationalError("SELECT …", {}, _DbError(sqlstate))
+
+    monkeypatch.setattr(Repository, "read", fail)
+    body = assert_outcome(client.get("/fhir/Patient/x"), status, code)
+    assert "retry" in body["issue"][0]["diagnostics"]
