@@ -32,7 +32,7 @@ from ..clock import instant, utcnow
 from ..context import AccessPolicy, RequestContext
 from ..db import Database
 from ..outcome import FhirError
-from ..storage.bundle import BundleProcessor
+from ..storage.bundle import BundleProcessor, conditional_criteria
 from ..storage.repository import Repository
 from . import archive, csv_reports, hl7v2, senders
 from .archive import Arrival
@@ -341,6 +341,10 @@ class Pipeline:
             return
         senders_seen = {code: senders.find(session, code) for code in {r.sender or "" for r in good}}
         repo = self._repository(session, caller, None, message_id)
+        # All rows' criteria locked first, outside the savepoints (a lock taken in a savepoint
+        # that rolls back is released): the per-row fallback below then cannot deadlock with
+        # another upload locking the same patients in another order.
+        repo.lock_criteria_of(conditional_criteria([e for r in good for e in (r.bundle or {}).get("entry", ())]))
         written_by_row: dict[int, list[str]] = {}
         try:
             with session.begin_nested():

@@ -232,7 +232,7 @@ class BundleProcessor:
         The criteria of all its conditional writes are locked first, in one statement: entries
         run one after the other in one database transaction, and locking each as it came made
         two batches listing the same criteria in other orders deadlock (the whole batch 503)."""
-        self.repo.lock_criteria_of(_conditional_criteria(raw_entries))
+        self.repo.lock_criteria_of(conditional_criteria(raw_entries))
         entries: list[Entry] = []
         run: list[tuple[int, Any]] = []
         criteria: set[tuple[str, str]] = set()
@@ -459,7 +459,7 @@ class BundleProcessor:
         return name
 
 
-def _conditional_criteria(raw_entries: list[Any]) -> Iterator[tuple[str, str]]:
+def conditional_criteria(raw_entries: list[Any]) -> Iterator[tuple[str, str]]:
     """(type, criteria) of the conditional creates and conditional updates among raw entries."""
     for raw in raw_entries:
         request = raw.get("request") if isinstance(raw, dict) else None
