@@ -12,12 +12,9 @@ from flask import Flask, Response, g
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from .outcome import FhirError, Issue, operation_outcome
+from .outcome import FhirError, Issue, aborted_for_concurrency, concurrency_conflict, operation_outcome
 
 log = logging.getLogger("healthhub")
-#: SQLSTATEs of a transaction the database aborted in favour of a concurrent one:
-#: deadlock_detected, serialization_failure (https://www.postgresql.org/docs/current/errcodes-appendix.html).
-_CONCURRENCY_ABORTS = frozenset({"40P01", "40001"})
 
 _HTTP_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                406: "not-supported", 409: "conflict", 410: "deleted", 411: "invalid", 412: "conflict",
@@ -59,14 +56,13 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _db_unavailable(exc: OperationalError) -> Response:
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        if sqlstate in _CONCURRENCY_ABORTS:
+        if aborted_for_concurrency(exc):
             # The database is up: it aborted this transaction for another one (a deadlock it
-            # broke, a serialization failure). A conflict the client may retry, as HAPI FHIR
-            # answers a transaction conflicting with a concurrent one (409).
-            log.warning("transaction aborted by the database for a concurrent one: %s", sqlstate)
-            return outcome_response(409, [Issue("error", "conflict", "This request conflicted with a concurrent "
-                                                "request and was not applied; retry it")])
+            # broke, a serialization failure): a conflict the client may retry.
+            log.warning("transaction aborted by the database for a concurrent one: %s",
+                        getattr(exc.orig, "sqlstate", ""))
+            err = concurrency_conflict()
+            return outcome_response(err.status, err.issues)
         log.error("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
         return outcome_response(503, [Issue("error", "transient", "The database is unavailable; retry later")],
                                 {"Retry-After": "5"})

@@ -76,6 +76,23 @@ def conflict(diagnostics: str, status: int = 409) -> FhirError:
     return error(status, "conflict", diagnostics)
 
 
+#: SQLSTATEs of a transaction the database aborted in favour of a concurrent one:
+#: deadlock_detected, serialization_failure (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_CONCURRENCY_ABORTS = frozenset({"40P01", "40001"})
+
+
+def aborted_for_concurrency(exc: BaseException) -> bool:
+    """Whether a database error (SQLAlchemy's, wrapping the driver's) says the database aborted
+    the statement for a concurrent transaction: not an outage, a conflict the client may retry."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONCURRENCY_ABORTS
+
+
+def concurrency_conflict() -> FhirError:
+    """409 for :func:`aborted_for_concurrency` — as HAPI FHIR answers a transaction conflicting
+    with a concurrent one."""
+    return conflict("This request conflicted with a concurrent request and was not applied; retry it")
+
+
 def not_supported(diagnostics: str, status: int = 400) -> FhirError:
     return error(status, "not-supported", diagnostics)
 

@@ -17,10 +17,20 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from sqlalchemy.exc import OperationalError
+
 from .. import resources
 from ..clock import instant
 from ..jsonio import parse_json
-from ..outcome import FhirError, Issue, invalid, not_supported, precondition_failed
+from ..outcome import (
+    FhirError,
+    Issue,
+    aborted_for_concurrency,
+    concurrency_conflict,
+    invalid,
+    not_supported,
+    precondition_failed,
+)
 from .repository import Repository, Stored, WriteResult
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -288,10 +298,17 @@ class BundleProcessor:
         return e
 
     def _guarded(self, index: int, step: Callable[[], Entry], savepoint: bool = False) -> Entry:
-        """Run one batch entry's step; its error becomes the entry's response."""
+        """Run one batch entry's step; its error becomes the entry's response. Under a
+        savepoint, so does a statement the database aborted for a concurrent transaction (409):
+        rolled back to the savepoint, the batch goes on with its other entries."""
         try:
-            with self.repo.session.begin_nested() if savepoint else nullcontext():
-                return step()
+            try:
+                with self.repo.session.begin_nested() if savepoint else nullcontext():
+                    return step()
+            except OperationalError as exc:
+                if savepoint and aborted_for_concurrency(exc):
+                    raise concurrency_conflict() from None
+                raise
         except FhirError as err:
             failed = Entry(index, "GET", "", None, None)
             failed.response = {"status": _status_line(err.status), "outcome": _prefix(err, index).outcome()}

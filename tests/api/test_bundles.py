@@ -265,6 +265,36 @@ def test_batch_run_is_redone_entry_by_entry_when_its_write_fails(client, monkeyp
         assert found["total"] == 1
 
 
+class _Aborted(Exception):
+    sqlstate = "40P01"  # deadlock_detected
+
+
+def test_a_batch_entry_the_database_aborts_fails_alone_with_409(client, monkeypatch):
+    """A conditional update the database aborts for a concurrent transaction (a deadlock it
+    broke) is that entry's 409; the batch rolls back to the entry's savepoint and goes on."""
+    from sqlalchemy.exc import OperationalError
+
+    from healthhub.storage.repository import Repository
+
+    real = Repository.conditional_update
+
+    def abort_b(self, resource_type, query, *args, **kwargs):
+        if "aborted" in query:
+            raise OperationalError("UPDATE …", {}, _Aborted())
+        return real(self, resource_type, query, *args, **kwargs)
+
+    monkeypatch.setattr(Repository, "conditional_update", abort_b)
+    entries = [{"resource": _org(name), "request": {"method": "PUT", "url": f"Organization?identifier=urn:test:org|{name}"}}
+               for name in ("first", "aborted", "last")]
+    resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "batch", "entry": entries})
+    assert resp.status_code == 200, resp.json
+    statuses = [e["response"]["status"] for e in resp.json["entry"]]
+    assert statuses[0].startswith("201") and statuses[2].startswith("201"), statuses
+    assert statuses[1].startswith("409")
+    assert "retry" in resp.json["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert type_total(client, "Organization") == 2
+
+
 def test_transaction_conditional_creates_are_resolved_together(client, db_counts):
     existing = post_json(client, "/fhir/Organization", _org("kept")).json["id"]
     before = db_counts()
