@@ -22,16 +22,21 @@ def mpi() -> None:
 
 
 @mpi.command("reviews")
-def reviews() -> None:
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="Show at most this many (the best first).")
+def reviews(limit: int) -> None:
     """List the pending possible matches, best first, with both records' names and birth dates."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from ..storage.models import Resource
     from .models import MpiReview
 
+    pending = MpiReview.status == "pending"
     with _transaction() as session:
-        rows = list(session.scalars(select(MpiReview).where(MpiReview.status == "pending")
-                                    .order_by(MpiReview.score.desc(), MpiReview.a, MpiReview.b)))
+        # a page, not the queue: a large load can leave tens of thousands of pairs to review
+        total = session.scalar(select(func.count()).select_from(MpiReview).where(pending)) or 0
+        rows = list(session.scalars(select(MpiReview).where(pending)
+                                    .order_by(MpiReview.score.desc(), MpiReview.a, MpiReview.b).limit(limit)))
         ids = {p for r in rows for p in (r.a, r.b)}
         contents: dict[str, Any] = dict(session.execute(select(Resource.id, Resource.content).where(
             Resource.resource_type == "Patient", Resource.id.in_(ids))).all()) if ids else {}
@@ -41,6 +46,8 @@ def reviews() -> None:
     for r in rows:
         click.echo(f"{r.score:.4f} {r.grade:<8}  {_describe(r.a, contents.get(r.a))}  ~  "
                    f"{_describe(r.b, contents.get(r.b))}")
+    if total > len(rows):
+        click.echo(f"… {total - len(rows)} more pending (--limit to see more; decide these first)")
 
 
 @mpi.command("link")

@@ -367,6 +367,11 @@ def test_cli_reviews_link_reject_unlink(client, app, mpi_cli):
     assert len(lines) == 2
     abdul_line = next(line for line in lines if a in line)
     assert c in abdul_line and abdul["name"][0]["family"] in abdul_line and abdul["birthDate"] in abdul_line
+    # a page of the queue, the best first, and how many more wait
+    out = mpi_cli("reviews", "--limit", "1")
+    assert out.exit_code == 0
+    first, more = out.output.strip().splitlines()
+    assert first == lines[0] and more.startswith("… 1 more pending")
 
     out = mpi_cli("link", a, c)
     assert out.exit_code == 0, out.output
