@@ -50,7 +50,7 @@ from sqlalchemy import text  # noqa: E402
 from bench import mpi as mpi_bench  # noqa: E402
 from bench.database import DEFAULT_POSTGRES_URL, BenchDatabase, bench_database  # noqa: E402
 from bench.machine import describe  # noqa: E402
-from bench.server import free_port, healthhub_command  # noqa: E402
+from bench.server import free_port, healthhub_command, terminate  # noqa: E402
 from healthhub.clock import utcnow  # noqa: E402
 from healthhub.config import PROJECT_ROOT, Config  # noqa: E402
 from healthhub.db import Database  # noqa: E402
@@ -380,14 +380,7 @@ class Listener:
     def stop(self) -> None:
         """SIGTERM (the listener finishes in-flight messages), SIGKILL to its group after 30 s."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        terminate(proc)
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -540,6 +533,16 @@ def stored_counts(db: BenchDatabase) -> dict[str, Any]:
     return {"resources": dict(sorted(types.items())), "archive": dict(sorted(outcomes.items()))}
 
 
+def _log_phase(phase: Phase) -> None:
+    j = phase.as_json()
+    log(f"{phase.name}: {phase.messages} messages ({phase.observations} OBX) in {phase.seconds:.1f} s: "
+        f"{phase.rate:.1f} messages/s; ACK p50 {j['ack_p50_ms']:.1f} ms, p99 {j['ack_p99_ms']:.1f} ms; "
+        f"ACKs {dict(phase.acks)}; listener CPU {phase.listener_cpu_s:.1f} s "
+        f"({j['listener_cpu_ms_per_message']:.1f} ms/message), PostgreSQL CPU "
+        f"{j['postgres_cpu_ms_per_message']:.1f} ms/message ({phase.postgres_backends} backends), machine "
+        f"{phase.machine_busy:.0%} busy (other processes {j['other_cpu_s']:.1f} s)")
+
+
 def run_hl7(db: BenchDatabase, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     register_senders(db.url, [(HL7_SENDER, "Bench Laboratory (synthetic)")])
     seed = f"{args.seed}:hl7"
@@ -556,13 +559,7 @@ def run_hl7(db: BenchDatabase, args: argparse.Namespace, workdir: Path) -> dict[
             phase = send_phase(name, listener, first, n, conns, seed)
             first += n
             phases.append(phase)
-            j = phase.as_json()
-            log(f"{name}: {phase.messages} messages ({phase.observations} OBX) in {phase.seconds:.1f} s: "
-                f"{phase.rate:.1f} messages/s; ACK p50 {j['ack_p50_ms']:.1f} ms, p99 {j['ack_p99_ms']:.1f} ms; "
-                f"ACKs {dict(phase.acks)}; listener CPU {phase.listener_cpu_s:.1f} s "
-                f"({j['listener_cpu_ms_per_message']:.1f} ms/message), PostgreSQL CPU "
-                f"{j['postgres_cpu_ms_per_message']:.1f} ms/message ({phase.postgres_backends} backends), machine "
-                f"{phase.machine_busy:.0%} busy (other processes {j['other_cpu_s']:.1f} s)")
+            _log_phase(phase)
         _stop_profiler(profiler)
     if args.listener_processes > 1:
         # The same concurrent load on a listener with a process per core (healthhub mllp --processes):
@@ -574,11 +571,7 @@ def run_hl7(db: BenchDatabase, args: argparse.Namespace, workdir: Path) -> dict[
             phase = send_phase(name, listener, first, n, args.connections, seed)
             first += n
             phases.append(phase)
-            j = phase.as_json()
-            log(f"{name}: {phase.messages} messages in {phase.seconds:.1f} s: {phase.rate:.1f} messages/s; "
-                f"ACK p50 {j['ack_p50_ms']:.1f} ms, p99 {j['ack_p99_ms']:.1f} ms; ACKs {dict(phase.acks)}; listener CPU "
-                f"{j['listener_cpu_ms_per_message']:.1f} ms/message, PostgreSQL CPU {j['postgres_cpu_ms_per_message']:.1f} "
-                f"ms/message; machine {phase.machine_busy:.0%} busy")
+            _log_phase(phase)
         extra_warm = [warm2]
     else:
         extra_warm = []

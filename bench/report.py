@@ -22,26 +22,30 @@ def _table(head: list[str], rows: list[list[Any]], align: str) -> list[str]:
     return [_row(head), "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|", *map(_row, rows)]
 
 
-def render(doc: dict[str, Any]) -> str:
+def _machine(doc: dict[str, Any], full: bool, extra: list[list[Any]]) -> list[str]:
+    """The "Machine and run" table (``full``: with kernel and SQLite, as bench/run.py records them)."""
     m = doc["machine"]
     pg = m.get("postgres") or {}
-    out = ["### Machine and run", ""]
-    out += _table(["", ""], [
-        ["date (UTC, start)", m["date_utc"]],
-        ["command", f"`{doc['command']}`"],
-        ["CPU", f"{m['nproc']} × {m['cpu_model']}"],
-        ["memory", f"{m['memory_gib']} GiB"],
-        ["kernel", m["kernel"]],
-        ["Python", m["python"]],
-        ["SQLite (library)", m["sqlite"]],
-        ["PostgreSQL", ", ".join(f"{k} {v}" for k, v in pg.items()) if pg else "not used"],
-        ["HealthHub commit", f"{m['git_commit'][:12]}" + (" (uncommitted changes under healthhub/)"
-                                                          if m["git_dirty_hub"] else "")],
+    rows = [["date (UTC, start)", m["date_utc"]],
+            ["command", f"`{doc['command']}`"],
+            ["CPU", f"{m['nproc']} × {m['cpu_model']}"],
+            ["memory", f"{m['memory_gib']} GiB"],
+            *([["kernel", m["kernel"]]] if full else []),
+            ["Python", m["python"]],
+            *([["SQLite (library)", m["sqlite"]]] if full else []),
+            ["PostgreSQL", ", ".join(f"{k} {v}" for k, v in pg.items()) if pg else "not used"],
+            ["HealthHub commit", f"{m['git_commit'][:12]}" + (" (uncommitted changes under healthhub/)"
+                                                              if m["git_dirty_hub"] else "")],
+            *extra,
+            ["total run time", f"{doc['seconds']:,.0f} s"]]
+    return ["### Machine and run", "", *_table(["", ""], rows, "ll")]
+
+
+def render(doc: dict[str, Any]) -> str:
+    out = _machine(doc, True, [
         ["requests per query", f"{doc['requests_per_query']} sequential (latency) + {doc['requests_per_query']} "
                                f"with {doc['clients']} concurrent clients (throughput)"],
-        ["server", f"`healthhub serve --workers {doc['gunicorn_workers']}` (gunicorn, sync workers)"],
-        ["total run time", f"{doc['seconds']:,.0f} s"],
-    ], "ll")
+        ["server", f"`healthhub serve --workers {doc['gunicorn_workers']}` (gunicorn, sync workers)"]])
     out += ["", "### (a) Ingest: hub vs minimal path", ""]
     rows = []
     for kind, run in doc["runs"].items():
@@ -101,20 +105,7 @@ def _ms(value: float | None) -> str:
 
 def render_hospital(doc: dict[str, Any]) -> str:
     """The tables of a results file written by bench/hospital.py."""
-    m = doc["machine"]
-    pg = m.get("postgres") or {}
-    out = ["### Machine and run", ""]
-    out += _table(["", ""], [
-        ["date (UTC, start)", m["date_utc"]],
-        ["command", f"`{doc['command']}`"],
-        ["CPU", f"{m['nproc']} × {m['cpu_model']}"],
-        ["memory", f"{m['memory_gib']} GiB"],
-        ["Python", m["python"]],
-        ["PostgreSQL", ", ".join(f"{k} {v}" for k, v in pg.items()) if pg else "not used"],
-        ["HealthHub commit", f"{m['git_commit'][:12]}" + (" (uncommitted changes under healthhub/)"
-                                                          if m["git_dirty_hub"] else "")],
-        ["total run time", f"{doc['seconds']:,.0f} s"],
-    ], "ll")
+    out = _machine(doc, False, [])
     hl7 = doc.get("hl7")
     if hl7:
         out += ["", f"### HL7 v2 ORU^R01 over MLLP, ACK received ({doc['db']})", "",

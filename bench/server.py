@@ -25,6 +25,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a server started in its own session: SIGTERM (it finishes what is in flight), SIGKILL
+    to its process group after 30 s. Nothing to do when it is not running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def healthhub_command() -> list[str]:
     """The ``healthhub`` console script of the interpreter running the harness (the venv's)."""
     script = Path(sys.executable).parent / "healthhub"
@@ -81,11 +94,4 @@ class HubServer:
     def stop(self) -> None:
         """SIGTERM to the gunicorn master (graceful), SIGKILL to its group after 30 s."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        terminate(proc)

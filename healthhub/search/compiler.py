@@ -47,7 +47,17 @@ from .request import (
     TokenValue,
     Value,
 )
-from .values import MAX_CODE, MAX_INSTANT, MAX_STRING, MAX_URI, MIN_INSTANT, SPAN_WIDTHS, normalize, number_range
+from .values import (
+    MAX_CODE,
+    MAX_INSTANT,
+    MAX_STRING,
+    MAX_URI,
+    MIN_INSTANT,
+    SPAN_WIDTHS,
+    clip,
+    normalize,
+    number_range,
+)
 
 #: A column or mapped attribute: anything that compares into SQL.
 Col = SQLCoreOperations
@@ -317,11 +327,6 @@ class Compiler:
 
 # -- value conditions (pure functions of columns and a value) --------------------------------
 
-def _clip(text: str, limit: int) -> str:
-    """A search value cut as index rows are (``values.MAX_*``)."""
-    return text if len(text) <= limit else text[:limit]
-
-
 def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -329,8 +334,8 @@ def like_escape(text: str) -> str:
 def string_condition(norm_col: Col[Any], exact_col: Col[Any], modifier: str | None, text: str) -> ColumnElement[bool]:
     """Starts-with, case/accent-insensitive by default; ``:exact``; ``:contains``."""
     if modifier == "exact":
-        return exact_col == _clip(text, MAX_STRING)
-    pattern = like_escape(_clip(normalize(text), MAX_STRING))
+        return exact_col == clip(text, MAX_STRING)
+    pattern = like_escape(clip(normalize(text), MAX_STRING))
     if modifier == "contains":
         return norm_col.like(f"%{pattern}%", escape="\\")
     return norm_col.like(f"{pattern}%", escape="\\")
@@ -340,20 +345,20 @@ def token_condition(system_col: Col[Any], code_col: Col[Any], text_col: Col[Any]
                     v: Value, type_system_col: Col[Any] | None = None,
                     type_code_col: Col[Any] | None = None) -> ColumnElement[bool]:
     if modifier == "text" and text_col is not None:
-        return text_col.like(f"{like_escape(_clip(normalize(str(v)), MAX_STRING))}%", escape="\\")
+        return text_col.like(f"{like_escape(clip(normalize(str(v)), MAX_STRING))}%", escape="\\")
     if isinstance(v, OfTypeValue) and type_code_col is not None and type_system_col is not None:
-        conds = [type_code_col == _clip(v.type_code, MAX_CODE), code_col == _clip(v.value, MAX_CODE)]
+        conds = [type_code_col == clip(v.type_code, MAX_CODE), code_col == clip(v.value, MAX_CODE)]
         if v.type_system is not None:
-            conds.append(type_system_col == _clip(v.type_system, MAX_CODE))
+            conds.append(type_system_col == clip(v.type_system, MAX_CODE))
         return and_(*conds)
     if isinstance(v, TokenValue):  # token_matches below is this condition in Python
         conds = []
         if v.code is not None:
-            conds.append(code_col == _clip(v.code, MAX_CODE))
+            conds.append(code_col == clip(v.code, MAX_CODE))
         if v.system is not None:
-            conds.append(system_col == _clip(v.system, MAX_CODE))
+            conds.append(system_col == clip(v.system, MAX_CODE))
         return and_(*conds) if conds else true()
-    return code_col == _clip(str(v), MAX_CODE)
+    return code_col == clip(str(v), MAX_CODE)
 
 
 class Unindexed(FunctionElement[Any]):
@@ -382,17 +387,17 @@ def _unindexed_sqlite(element: Unindexed, compiler: Any, **kw: Any) -> str:
 def token_matches(system: str | None, code: str | None, v: TokenValue) -> bool:
     """Whether an index row (system, code) meets a plain TokenValue: :func:`token_condition`
     evaluated in Python, for lookups of many values at once (``Repository.match_many``)."""
-    return (v.code is None or code == _clip(v.code, MAX_CODE)) and (v.system is None or
-                                                                 system == _clip(v.system, MAX_CODE))
+    return (v.code is None or code == clip(v.code, MAX_CODE)) and (v.system is None or
+                                                                 system == clip(v.system, MAX_CODE))
 
 
 def reference_condition(c: Any, modifier: str | None, v: Value) -> ColumnElement[bool]:
     if modifier == "identifier" and isinstance(v, TokenValue):
         conds = []
         if v.code is not None:
-            conds.append(c.ident_value == _clip(v.code, MAX_CODE))
+            conds.append(c.ident_value == clip(v.code, MAX_CODE))
         if v.system is not None:
-            conds.append(c.ident_system == _clip(v.system, MAX_CODE))
+            conds.append(c.ident_system == clip(v.system, MAX_CODE))
         return and_(*conds) if conds else false()
     if not isinstance(v, ReferenceValue):
         return false()
@@ -400,7 +405,7 @@ def reference_condition(c: Any, modifier: str | None, v: Value) -> ColumnElement
         cond = c.target_id == v.id
         return and_(cond, c.target_type == v.resource_type) if v.resource_type else cond
     if v.url is not None:
-        return c.url == _clip(v.url, MAX_URI)
+        return c.url == clip(v.url, MAX_URI)
     return false()
 
 
@@ -523,7 +528,7 @@ def quantity_condition(value_col: Col[Any], system_col: Col[Any], code_col: Col[
 
 
 def uri_condition(col: Col[Any], modifier: str | None, text: str) -> ColumnElement[bool]:
-    text = _clip(text, MAX_URI)
+    text = clip(text, MAX_URI)
     if modifier == "above":  # stored uri is a prefix of the value
         return literal(text).like(col.concat("%"))
     if modifier == "below":

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from typing import overload
 
 UTC = UTC
 MIN_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
@@ -121,6 +122,13 @@ MAX_CODE = 250
 MAX_URI = 500
 
 
+@overload
+def clip(text: str, limit: int) -> str: ...
+@overload
+def clip(text: None, limit: int) -> None: ...
+@overload
+def clip(text: str | None, limit: int) -> str | None: ...
 def clip(text: str | None, limit: int) -> str | None:
-    """``text`` cut to ``limit`` characters (None stays None)."""
+    """``text`` cut to ``limit`` characters (None stays None): index rows and the search values
+    compared with them alike."""
     return text if text is None or len(text) <= limit else text[:limit]

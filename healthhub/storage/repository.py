@@ -443,7 +443,7 @@ class Repository:
     def lock_criteria(self, resource_type: str, *queries: str) -> None:
         """Serialise conditional writes whose criteria are the same search, however spelled
         (parameter order, a leading ``Type?``): the key is the sorted parameter list."""
-        self.lock(*(_criteria_key(resource_type, q) for q in queries))
+        self.lock_criteria_of((resource_type, q) for q in queries)
 
     def lock_criteria_of(self, criteria: Iterable[tuple[str, str]]) -> None:
         """:meth:`lock_criteria` for (resource type, query) pairs of several types, in one
