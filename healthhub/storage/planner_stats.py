@@ -14,11 +14,10 @@ off (it is on the benchmark machine), and then a store runs on the statistics of
 the CSV benchmark fell from 244 to 165 rows/s after ~180k rows because, with no statistics,
 PostgreSQL filtered every token row of a parameter instead of looking the codes up. So where
 ``autovacuum`` is off the hub does the same doubling there: ``ANALYZE`` of its own tables only
-(a bare ``ANALYZE`` would analyse every schema of the database) and of the columns that plans
-use (not the JSON and binary ones), which samples a fixed 300 × ``default_statistics_target``
-rows per table whatever its size. Where autovacuum is on (PostgreSQL's default) it is left to
-it: an ANALYZE in the hub's request path costs that request (measured: ~0.03 of the ingest
-benchmark's ratio at 13k resources).
+(a bare ``ANALYZE`` would analyse every schema of the database), which samples a fixed 300 ×
+``default_statistics_target`` rows per table whatever its size (~0.3 s for the hub's tables at
+16,000 resources on the benchmark machine). Where autovacuum is on (PostgreSQL's default) it is
+left to it: an ANALYZE in the hub's request path costs that request.
 https://www.postgresql.org/docs/current/sql-analyze.html,
 https://www.postgresql.org/docs/current/routine-vacuuming.html#VACUUM-FOR-STATISTICS
 """
@@ -28,7 +27,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import JSON, Engine, LargeBinary, Table, delete, insert, text
+from sqlalchemy import Engine, delete, insert, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .models import AppState, Base
@@ -97,7 +96,7 @@ class PlannerStatistics:
             else:
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 # unqualified names: the connection's search_path is the hub's schema
-                conn.exec_driver_sql("ANALYZE " + ", ".join(_analyzed_columns(t) for t in Base.metadata.sorted_tables))
+                conn.exec_driver_sql("ANALYZE " + ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables))
             conn.execute(delete(AppState).where(AppState.key == _KEY))
             conn.execute(insert(AppState).values(key=_KEY, value=str(versions)))
         self._analyzed_at = versions
@@ -105,14 +104,4 @@ class PlannerStatistics:
     @staticmethod
     def _due(analyzed_at: int) -> int:
         return max(FIRST_ANALYZE_AT, 2 * analyzed_at)
-
-
-def _analyzed_columns(table: Table) -> str:
-    """``table (col, …)`` without its JSON and binary columns: nothing is planned on them, and
-    sorting 30,000 sampled JSONB documents is most of an ANALYZE's cost (with every column, the
-    ANALYZEs during a 13k-resource load cost the benchmark's ingest ratio 0.43 → 0.40)."""
-    kept = [c.name for c in table.c if not isinstance(c.type, (JSON, LargeBinary))]
-    if len(kept) == len(table.c):
-        return f'"{table.name}"'
-    return f'"{table.name}" (' + ", ".join(f'"{n}"' for n in kept) + ")"
 
