@@ -53,7 +53,7 @@ _NO_BIRTH_DATE_CAP = 0.95
 # Without the family name agreeing (the same, a previous name, a typo, sounding alike, or given
 # and family swapped) the same given name, birth date and sex are shared by many people of a
 # national population (u ≈ 1/100 × 1/30 000 × 1/2: in 70 million people, about a dozen per
-# combination; the CSV benchmark linked 22,341 pairs of different people this way): such a pair
+# combination; the CSV benchmark linked 24,313 pairs of different people this way): such a pair
 # is at most ``probable`` unless a phone, an e-mail or a street address agrees as well.
 _NO_FAMILY_AGREEMENT_CAP = 0.95
 _FAMILY_AGREES = frozenset({"family:exact", "family:previous", "family:close", "family:phonetic"})
@@ -474,8 +474,8 @@ def _family_level(a: Features, b: Features) -> str | None:
     # Double-barrelled names: one record has a part of the other's alone ("garcia" and "garcia
     # lopez"). Two double-barrelled names sharing one part ("garcia lopez", "garcia perez") are
     # different names: counting any shared part as agreement linked distinct people whose
-    # names only shared a common part (the CSV benchmark's "…-Synth" names: 22,341 false links
-    # in 480,000 rows, each with given name and birth date agreeing).
+    # names only shared a common part (the CSV benchmark's "…-Synth" names: 24,313 false links
+    # in 508,292 rows, each with given name and birth date agreeing).
     parts_a, parts_b = set(a.family.split()), set(b.family.split())
     if parts_a != parts_b and (parts_a < parts_b or parts_b < parts_a):
         return "close"
