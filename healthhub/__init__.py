@@ -14,7 +14,9 @@ def create_app(config: Any = None) -> Any:
     from .api import auth as auth_api
     from .api import authorize as authorize_api
     from .api import fhir as fhir_api
+    from .api import guard
     from .api import ingest as ingest_api
+    from .api import stats as stats_api
     from .auth import service as auth_service
     from .config import Config
     from .db import Database
@@ -28,11 +30,13 @@ def create_app(config: Any = None) -> Any:
     app.url_map.strict_slashes = False
     db = app.extensions["healthhub.db"] = Database(cfg)
     load_operations()  # fail at start-up when an operation and its definition do not pair up
+    guard.init_app(app)
     auth_service.init_app(app, cfg, db)
     auth_api.init_app(app)
     authorize_api.init_app(app)
     fhir_api.init_app(app)
     ingest_api.init_app(app, ingest_pipeline(db, cfg))
+    stats_api.init_app(app)
     errors.init_app(app)
     return app
 

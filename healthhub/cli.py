@@ -170,10 +170,15 @@ def demo(force: bool) -> None:
         counts = demo_data.load(database, force=force)
         access = demo_data.seed_access(database)
         made = demo_data.seed_senders(database)
+        from . import ingest_pipeline
+
+        cases = demo_data.load_cases(database, ingest_pipeline(database, cfg))
     finally:
         database.dispose()
     if made:
         click.echo(f"demo sending hospitals registered: {', '.join(made)} (healthhub sender list)")
+    if cases is not None:
+        click.echo(f"demo case reports loaded: {cases} synthetic rows from H01-H03 (see /dashboard and /stats)")
     for line in access or ["demo users and clients exist already (their credentials were shown when they "
                            "were made; `healthhub client create` and `user create` make more)"]:
         click.echo(line)

@@ -18,6 +18,8 @@ DEMO_DIR = Path(__file__).parent / "demo_data"
 DEMO_KEY = "demo.data"
 DEMO_VERSION = "synthea-5-v1"
 DEMO_CONTEXT = RequestContext(actor="healthhub-demo", source="urn:healthhub:demo")
+#: Identifier system of the demo hospitals' Organizations: their hospital (sender) codes.
+SENDER_CODES = "urn:healthhub:sender"
 
 
 def idempotent(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -118,13 +120,47 @@ DEMO_SENDERS = (("HOSP-A", "Demo Hospital A"), ("H01", "Demo Hospital 01 (Bangko
 
 
 def seed_senders(db: Database) -> list[str]:
-    """Register the demo senders that are missing (time zone Asia/Bangkok); their codes."""
+    """Register the demo senders that are missing (time zone Asia/Bangkok), each with its
+    Organization (``Organization/demo-<code>``, made when missing); their codes."""
     from .ingest import senders
 
     made = []
     with db.transaction() as session:
+        repo = Repository(session, DEMO_CONTEXT)
         for code, name in DEMO_SENDERS:
-            if session.get(senders.Sender, code) is None:
-                senders.create(session, code, name, utcnow(), timezone="Asia/Bangkok")
+            organization = f"Organization/demo-{code.lower()}"
+            if repo.current_many("Organization", [organization.split("/")[1]]) == {}:
+                repo.update("Organization", organization.split("/")[1],
+                            {"resourceType": "Organization", "id": organization.split("/")[1], "active": True,
+                             "name": name, "identifier": [{"system": SENDER_CODES, "value": code}]})
+            row = session.get(senders.Sender, code)
+            if row is None:
+                senders.create(session, code, name, utcnow(), timezone="Asia/Bangkok", organization=organization)
                 made.append(code)
+            elif row.organization is None:
+                row.organization = organization
     return made
+
+
+DEMO_CASES_KEY = "demo.cases"
+
+
+def load_cases(db: Database, pipeline: Any) -> int | None:
+    """Send the synthetic case reports (``demo_cases``) through the CSV ingest once; the number
+    of rows accepted, or None when they were loaded before. Needs :func:`seed_senders` first."""
+    import io
+
+    from . import demo_cases
+    from .ingest.csv_profile import load_profile
+    from .ingest.pipeline import Caller
+
+    with db.transaction() as session:
+        if session.get(AppState, DEMO_CASES_KEY) is not None:
+            return None
+    report = pipeline.receive_csv(io.BytesIO(demo_cases.as_csv()), load_profile("case-report"),
+                                  Caller("cli", peer="healthhub demo (synthetic case reports)"))
+    with db.transaction() as session:
+        if session.get(AppState, DEMO_CASES_KEY) is None:
+            session.add(AppState(key=DEMO_CASES_KEY, value=f"seed-{demo_cases.SEED}"))
+    accepted: int = report.accepted
+    return accepted

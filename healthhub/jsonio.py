@@ -22,6 +22,10 @@ from .outcome import FhirError, Issue
 _BOM = b"\xef\xbb\xbf"
 #: A ``\\uD800``–``\\uDFFF`` escape: a lone one cannot be stored (orjson, PostgreSQL refuse it).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+#: An escaped control character other than tab, LF and CR (an escape: an odd run of backslashes).
+#: FHIR strings cannot hold one (https://hl7.org/fhir/R4B/datatypes.html#string) and PostgreSQL's
+#: jsonb cannot store U+0000. Raw control characters are already invalid JSON.
+_CONTROL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u00(?:0[0-8bcefBCEF]|1[0-9a-fA-F])|[bf])")
 
 
 def parse_json(data: bytes) -> Any:
@@ -34,6 +38,9 @@ def parse_json(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _bad(f"it is not valid UTF-8 ({exc})") from None
+    if ("\\u00" in text or "\\b" in text or "\\f" in text) and _CONTROL_ESCAPE.search(text):
+        raise FhirError(400, [Issue("error", "invalid", "The body holds a control character (U+0000-U+001F other "
+                                    "than tab, line feed and carriage return), which FHIR strings cannot contain")])
     if _SURROGATE_ESCAPE.search(text):
         try:
             orjson.loads(data)  # knows a lone surrogate from a pair
@@ -60,6 +67,24 @@ def _constant(name: str) -> Any:
 def loads(data: bytes | str) -> Any:
     """Parse JSON that is known to be well-formed, with decimals as ``Decimal``."""
     return json.loads(data, parse_float=Decimal, parse_int=_int)
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character in its strings (and keys) replaced by U+FFFD: PostgreSQL's
+    text and jsonb cannot hold U+0000, and a record of what arrived (the archive's metadata, the
+    audit trail) must be written whatever arrived. The raw payload itself is kept as bytes."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(storable(v) for v in value)
+    return value
+
+
+def cut(value: str | None, n: int) -> str | None:
+    """At most ``n`` characters of ``value``, :func:`storable`."""
+    return storable(value[:n]) if value else value
 
 
 def _int(text: str) -> int | Decimal:

@@ -6,13 +6,15 @@ from collections import Counter
 import orjson
 from click.testing import CliRunner
 
+from healthhub import demo_cases
 from healthhub.cli import main
-from healthhub.demo import DEMO_DIR
+from healthhub.demo import DEMO_DIR, DEMO_SENDERS
 from tests.conftest import DATA, archived, load_json
 
 
-def total(client, rtype):
-    return client.get(f"/fhir/{rtype}?_count=0").json["total"]
+def total(client, search):
+    """The number of matches of ``Type`` or ``Type?query``."""
+    return client.get(f"/fhir/{search}{'&' if '?' in search else '?'}_count=0").json["total"]
 
 
 def test_db_upgrade_on_a_fresh_sqlite_file(tmp_path, monkeypatch):
@@ -45,14 +47,22 @@ def test_demo_loads_once_and_is_idempotent(cli, client):
     for url in urls:
         got = client.get(url.replace("http://hub.test", ""))
         assert got.status_code == 200 and got.json["resourceType"] == "Patient"
+    # The synthetic case reports went through the CSV ingest: a Patient and a Condition per row.
+    cases = demo_cases.rows()
+    assert f"demo case reports loaded: {len(cases)} synthetic rows" in first.output
+    assert total(client, "Patient?family=Synthetic") == len(cases)
+    assert total(client, "Condition?code=http://hl7.org/fhir/sid/icd-10|") == len(cases)
+    versions = client.get("/fhir/_history?_count=0").json["total"]
     second = cli("demo")
-    assert "already loaded" in second.output
+    assert "already loaded" in second.output and "case reports loaded" not in second.output
     forced = cli("demo", "--force")
     assert forced.exit_code == 0
+    demo_source = "_source=urn:healthhub:demo"
+    expected["Organization"] += len(DEMO_SENDERS)  # the demo hospitals' Organizations
     for rtype, n in expected.items():
-        assert total(client, rtype) == n, rtype
-    # Forced reload wrote no new versions: every resource is still at version 1.
-    assert client.get("/fhir/_history?_count=0").json["total"] == sum(expected.values())
+        assert total(client, f"{rtype}?{demo_source}") == n, rtype
+    # Forced reload wrote no new versions: every resource is still at its version.
+    assert client.get("/fhir/_history?_count=0").json["total"] == versions
 
 
 def test_ingest_folder_of_resources_and_bundles(cli, client):
@@ -137,7 +147,7 @@ def test_demo_users_and_clients_work(cli, app):
     token = web.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/Patient.rs"},
                      headers={"Authorization": f"Basic {basic}"}).json["access_token"]
     found = web.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
-    assert found.status_code == 200 and found.json["total"] == 5
+    assert found.status_code == 200 and found.json["total"] == 5 + len(demo_cases.rows())  # Synthea + case reports
 
 
 def test_mllp_command_with_two_processes(cli, app, base_config, client):

@@ -30,6 +30,7 @@ _BY_ENDPOINT = {
     "fhir.system_search": ("search-system", "E"), "fhir.system_history": ("history-system", "R"),
     "fhir.type_search": ("search-type", "E"), "fhir.type_history": ("history-type", "R"),
     "fhir.vread": ("vread", "R"), "fhir.bundle": ("batch", "E"),
+    "stats.counts": ("search-type", "E"),  # an aggregate search: its query is what is recorded
 }
 _SEARCHES = frozenset({"search-type", "search-system", "history-type", "history-system", "history-instance",
                        "operation"})

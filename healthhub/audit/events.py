@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from ..clock import instant
+from ..jsonio import cut as _cut
+from ..jsonio import storable
 from . import chain
 
 MAX_ENTITIES = 1000
@@ -52,6 +54,8 @@ class Happening:
 
 def record(session: Session, happening: Happening, now: datetime, durable: bool = True) -> tuple[int, str]:
     """Append the record of ``happening`` (see :func:`chain.append` for ``durable``)."""
+    # What a client sent (path, query, ids) is recorded as sent, except NUL, which no column holds.
+    happening = Happening(**{f.name: storable(getattr(happening, f.name)) for f in fields(Happening)})
     columns = chain.Columns(recorded=now, subtype=happening.subtype[:32], action=happening.action,
                             outcome=happening.outcome, client_id=_cut(happening.client_id, 64),
                             username=_cut(happening.username, 128), address=_cut(happening.address, 64),
@@ -109,5 +113,3 @@ def _agents(h: Happening) -> list[dict[str, Any]]:
     return agents
 
 
-def _cut(value: str | None, n: int) -> str | None:
-    return value[:n] if value else value

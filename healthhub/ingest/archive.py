@@ -20,6 +20,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database
+from ..jsonio import cut as _cut
+from ..jsonio import storable
 from .models import InboundChunk, InboundMessage
 
 #: Outcomes a replay can take up again.
@@ -54,7 +56,7 @@ def add(session: Session, arrival: Arrival, outcome: str, now: datetime, detail:
                   client_id=_cut(arrival.client_id, 64), peer=_cut(arrival.peer, 512),
                   content_type=_cut(arrival.content_type, 100), message_type=_cut(arrival.message_type, 64),
                   control_id=_cut(arrival.control_id, 200), sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                  payload=arrival.payload, outcome=outcome, detail=detail,
+                  payload=arrival.payload, outcome=outcome, detail=storable(detail),
                   processed_at=None if outcome == "received" else now, replay_of=arrival.replay_of)
     return int(session.execute(insert(InboundMessage).values(**values).returning(InboundMessage.id)).scalar_one())
 
@@ -68,7 +70,7 @@ def add_alone(db: Database, arrival: Arrival, outcome: str, now: datetime, detai
 def finish(session: Session, message_id: int, outcome: str, now: datetime, detail: Any = None,
            digest: tuple[str, int] | None = None) -> None:
     """Set the outcome (and, for a streamed payload, its SHA-256 and size) of an archive row."""
-    values: dict[str, Any] = dict(outcome=outcome, detail=detail, processed_at=now)
+    values: dict[str, Any] = dict(outcome=outcome, detail=storable(detail), processed_at=now)
     if digest is not None:
         values.update(sha256=digest[0], size=digest[1])
     session.execute(update(InboundMessage).where(InboundMessage.id == message_id).values(**values))
@@ -128,5 +130,3 @@ class Digest:
         return self._hash.hexdigest(), self.size
 
 
-def _cut(value: str | None, n: int) -> str | None:
-    return value[:n] if value else value

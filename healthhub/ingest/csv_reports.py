@@ -188,6 +188,9 @@ def _shown(cell: str) -> str:
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
+#: Control characters a cell cannot hold (tab and line breaks can be in a quoted cell); NUL
+#: cannot even be stored by PostgreSQL.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _has_surrogates(cell: str) -> bool:
@@ -230,6 +233,9 @@ def _rows(records: _Records, headers: list[str], profile: Profile,
                 errors[header] = ["Not valid UTF-8 text (" + _bad_bytes(value) + "): save the file as 'CSV UTF-8'."]
             elif len(value) > profile.max_field_length:
                 errors[header] = [f"Longer than {profile.max_field_length} characters."]
+            elif _CONTROL.search(value):
+                errors[header] = ["Holds a control character (such as NUL, 0x00); only printable text, tabs "
+                                  "and line breaks are accepted."]
             else:
                 cells[header] = value
         try:

@@ -240,7 +240,12 @@ def _message_lines(data: bytes) -> tuple[list[list[str]], str]:
 def read_header(data: bytes) -> MessageHeader:
     """Read and check MSH: separators, required fields, version and message type."""
     messages, _ = _message_lines(data)
-    return _check_header(messages[0][0])
+    header = _check_header(messages[0][0])
+    if b"\x00" in data:
+        # ER7 is text: a NUL byte is corruption (and PostgreSQL cannot store one in text).
+        raise Rejected("102", "The message holds NUL (0x00) bytes, which HL7 v2 text cannot contain",
+                       None if "\x00" in messages[0][0] else header)
+    return header
 
 
 def parse(data: bytes) -> ParsedMessage:

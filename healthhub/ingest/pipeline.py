@@ -31,6 +31,7 @@ from ..audit.events import Happening, record
 from ..clock import instant, utcnow
 from ..context import AccessPolicy, RequestContext
 from ..db import Database
+from ..jsonio import storable
 from ..outcome import FhirError
 from ..storage.bundle import BundleProcessor, conditional_criteria
 from ..storage.repository import Repository
@@ -391,9 +392,11 @@ class Pipeline:
     def _reject_row(session: Session, message_id: int, result: csv_reports.RowResult,
                     errors: dict[str, list[str]], report: CsvReport) -> None:
         report.reject(result.row, errors)
+        # storable: a row refused for a NUL is kept with U+FFFD in its place (the file's bytes are
+        # archived as they came); PostgreSQL cannot hold U+0000 in jsonb or text.
         session.execute(insert(InboundRow).values(message_id=message_id, row=result.row,
-                                                  case_id=(result.case_id or "")[:200] or None, raw=result.raw,
-                                                  errors=errors, status="rejected"))
+                                                  case_id=storable((result.case_id or "")[:200]) or None,
+                                                  raw=storable(result.raw), errors=errors, status="rejected"))
 
     def _csv_senders(self, caller: Caller) -> Callable[[str], SenderProfile]:
         """The rows' hospitals must be registered. A client registered as a hospital's sender

@@ -1,7 +1,9 @@
-"""Search parameters as data: loaded from the official ``SearchParameter`` Bundle in ``fhir/``.
+"""Search parameters as data: loaded from the official ``SearchParameter`` Bundle in ``fhir/``,
+plus HealthHub's own definitions (``fhir/search-parameters-healthhub.json``: parameters R4B
+lacks, such as ``address-district``), as HAPI FHIR loads custom SearchParameters beside the core.
 
-Nothing here is a hand-typed list of parameters: a new parameter is a new definition in
-``fhir/search-parameters.json`` (then ``healthhub search reindex``).
+Nothing here is a hand-typed list of parameters: a new parameter is a new definition in one of
+those files (then ``healthhub search reindex``).
 https://hl7.org/fhir/R4B/searchparameter.html
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .. import jsonio, resources
 from ..config import PROJECT_ROOT
 
 DEFINITIONS = PROJECT_ROOT / "fhir" / "search-parameters.json"
+#: Definitions of HealthHub's own; a code defined here and in the core replaces the core one.
+EXTRA_DEFINITIONS = PROJECT_ROOT / "fhir" / "search-parameters-healthhub.json"
 _ABSTRACT_BASES = ("Resource", "DomainResource")
 _RESOLVE_IS = re.compile(r"\.where\(\s*resolve\(\)\s+is\s+([A-Za-z]+)\s*\)")
 
@@ -130,10 +134,12 @@ class Registry:
             self._by_type[rtype] = own
 
     @classmethod
-    def load(cls, path: Path = DEFINITIONS) -> Registry:
-        bundle = jsonio.loads(path.read_bytes())
-        params = [_param(e["resource"]) for e in bundle.get("entry", [])
-                  if e.get("resource", {}).get("resourceType") == "SearchParameter"]
+    def load(cls, *paths: Path) -> Registry:
+        params = []
+        for path in paths or (DEFINITIONS, EXTRA_DEFINITIONS):
+            bundle = jsonio.loads(path.read_bytes())
+            params += [_param(e["resource"]) for e in bundle.get("entry", [])
+                       if e.get("resource", {}).get("resourceType") == "SearchParameter"]
         return cls(params)
 
     def params_for(self, resource_type: str) -> dict[str, SearchParam]:
@@ -210,5 +216,5 @@ def _param(sp: dict[str, Any]) -> SearchParam:
 
 @lru_cache(maxsize=1)
 def default_registry() -> Registry:
-    """The registry built from ``fhir/search-parameters.json`` (loaded once per process)."""
+    """The registry built from the definitions in ``fhir/`` (loaded once per process)."""
     return Registry.load()
