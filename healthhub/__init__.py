@@ -13,6 +13,7 @@ def create_app(config: Any = None) -> Any:
     from . import errors
     from .api import auth as auth_api
     from .api import authorize as authorize_api
+    from .api import bulk as bulk_api
     from .api import fhir as fhir_api
     from .api import guard
     from .api import ingest as ingest_api
@@ -37,6 +38,7 @@ def create_app(config: Any = None) -> Any:
     fhir_api.init_app(app)
     ingest_api.init_app(app, ingest_pipeline(db, cfg))
     stats_api.init_app(app)
+    bulk_api.init_app(app)
     errors.init_app(app)
     return app
 

@@ -105,9 +105,18 @@ def serve(host: str, port: int, workers: int) -> None:
         database.dispose()
     click.echo(f"HealthHub serving FHIR R4B at http://{host}:{port}/fhir "
                f"(CapabilityStatement: http://{host}:{port}/fhir/metadata)")
+    def export_worker(_gunicorn_worker: Any = None) -> None:
+        # Bulk Data jobs are run by a thread in each web process unless HEALTHHUB_EXPORT_WORKER=off
+        # (then by `healthhub worker` processes); jobs live in the database, so any may take one.
+        if cfg.export_worker == "thread":
+            from .bulk.worker import start_thread
+
+            start_thread(cfg)
+
     try:
         from gunicorn.app.base import BaseApplication
     except ImportError:  # e.g. Windows: gunicorn needs fork()
+        export_worker()
         create_app(cfg).run(host=host, port=port, threaded=True)
         return
 
@@ -117,11 +126,43 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
             self.cfg.set("timeout", 120)
+            self.cfg.set("post_worker_init", export_worker)  # after the fork: a thread per worker
 
         def load(self) -> Any:
             return create_app(cfg)
 
     _Gunicorn().run()
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run the waiting jobs, then exit (instead of polling for more).")
+def worker(once: bool) -> None:
+    """Run Bulk Data export jobs (any number of workers may run, on any host sharing the database
+    and HEALTHHUB_EXPORT_DIR)."""
+    import logging
+    import signal
+
+    from .bulk.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _config()
+    database = _database(cfg)
+    runner = Worker(database, cfg)
+    try:
+        if once:
+            done = 0
+            while runner.run_once() is not None:
+                done += 1
+            click.echo(f"{done} export job(s) run")
+            return
+        signal.signal(signal.SIGTERM, lambda *_: runner.stopping.set())
+        click.echo(f"export worker {runner.name}: waiting for jobs (Ctrl-C or SIGTERM stops it)")
+        try:
+            runner.run_forever()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        database.dispose()
 
 
 @main.group()

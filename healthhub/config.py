@@ -20,6 +20,13 @@ class Config:
     signing_key: str = "instance/signing-key.pem"
     min_cell: int = 11
     export_dir: str = "instance/exports"
+    #: An export's NDJSON file is split past this many bytes.
+    export_file_max: int = 256 * 1024 * 1024
+    #: Hours an export's files are kept after it completes (then removed, and the job forgotten).
+    export_retention_hours: int = 24
+    #: ``thread``: ``healthhub serve`` runs the export worker in each web process; ``off``: only
+    #: ``healthhub worker`` processes do.
+    export_worker: str = "thread"
     max_body: int = 50 * 1024 * 1024
     #: The audit trail (CONTRACT §9). Off only to measure what it costs (``make bench``).
     audit: bool = True
@@ -35,6 +42,9 @@ class Config:
             signing_key=env.get("HEALTHHUB_SIGNING_KEY", d.signing_key),
             min_cell=_int(env, "HEALTHHUB_MIN_CELL", d.min_cell),
             export_dir=env.get("HEALTHHUB_EXPORT_DIR", d.export_dir),
+            export_file_max=_int(env, "HEALTHHUB_EXPORT_FILE_MAX", d.export_file_max),
+            export_retention_hours=_int(env, "HEALTHHUB_EXPORT_RETENTION_HOURS", d.export_retention_hours),
+            export_worker=_choice(env, "HEALTHHUB_EXPORT_WORKER", d.export_worker, ("thread", "off")),
             max_body=_int(env, "HEALTHHUB_MAX_BODY", d.max_body),
             audit=_flag(env, "HEALTHHUB_AUDIT", d.audit),
         )
@@ -44,6 +54,13 @@ class Config:
     def fhir_base(self) -> str:
         """Absolute URL of the FHIR endpoint, used in ``fullUrl``, ``Location`` and links."""
         return f"{self.base_url}/fhir"
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

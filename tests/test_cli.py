@@ -190,3 +190,73 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
     # the second message re-sends the same report (same filler number): stored once, unchanged
     assert client.get("/fhir/DiagnosticReport").json["total"] == 1
     assert [(r.transport, r.outcome) for r in archived(app)] == [("mllp", "stored")] * 2
+
+
+def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, tmp_path):
+    """`healthhub serve` (gunicorn, two workers) runs Bulk Data jobs with no other process: the
+    thread each web worker starts after the fork takes the job from the database."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from tests.conftest import issue_token
+
+    client.put("/fhir/Patient/served-export", json={"resourceType": "Patient", "id": "served-export"},
+               headers={"Content-Type": "application/fhir+json"})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    # The public base URL stays the test app's (http://hub.test), which the token is issued for.
+    env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url, "HEALTHHUB_BASE_URL": base_config.base_url,
+           "HEALTHHUB_SIGNING_KEY": base_config.signing_key, "HEALTHHUB_EXPORT_DIR": str(tmp_path / "exports")}
+    command = [str(Path(sys.executable).with_name("healthhub")), "serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    token = issue_token(app, "system/*.rs")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                kick = requests.get(f"{base}/fhir/$export?_type=Patient", timeout=10,
+                                    headers={**auth, "Prefer": "respond-async", "Accept": "application/fhir+json"})
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        assert kick.status_code == 202, kick.text
+        while True:
+            status = requests.get(kick.headers["Content-Location"].replace(base_config.base_url, base), headers=auth,
+                                  timeout=10)
+            if status.status_code != 202:
+                break
+            assert time.monotonic() < deadline + 30, "the job was never run"
+            time.sleep(0.3)
+        assert status.status_code == 200, status.text
+        (output,) = status.json()["output"]
+        ndjson = requests.get(output["url"].replace(base_config.base_url, base), headers=auth, timeout=10)
+        assert ndjson.status_code == 200 and b'"id":"served-export"' in ndjson.content
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_worker_once_runs_the_waiting_export_jobs(cli, client, monkeypatch, tmp_path):
+    monkeypatch.setenv("HEALTHHUB_EXPORT_DIR", str(tmp_path / "exports"))
+    client.put("/fhir/Patient/cli-export", json={"resourceType": "Patient", "id": "cli-export"},
+               headers={"Content-Type": "application/fhir+json"})
+    kick = client.get("/fhir/$export?_type=Patient", headers={"Prefer": "respond-async"})
+    assert kick.status_code == 202
+    status = kick.headers["Content-Location"].replace("http://hub.test", "")
+    assert client.get(status).status_code == 202
+    result = cli("worker", "--once")
+    assert result.exit_code == 0 and "1 export job(s) run" in result.output, result.output
+    manifest = client.get(status).json
+    assert [(o["type"], o["count"]) for o in manifest["output"]] == [("Patient", 1)]
+    assert (tmp_path / "exports" / status.rsplit("/", 1)[1] / "Patient-1.ndjson").read_bytes().count(b"\n") == 1

@@ -31,6 +31,7 @@ _BY_ENDPOINT = {
     "fhir.type_search": ("search-type", "E"), "fhir.type_history": ("history-type", "R"),
     "fhir.vread": ("vread", "R"), "fhir.bundle": ("batch", "E"),
     "stats.counts": ("search-type", "E"),  # an aggregate search: its query is what is recorded
+    "bulk.status": ("operation", "E"), "bulk.cancel": ("operation", "D"), "bulk.download": ("read", "R"),
 }
 _SEARCHES = frozenset({"search-type", "search-system", "history-type", "history-system", "history-instance",
                        "operation"})

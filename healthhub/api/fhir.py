@@ -395,10 +395,12 @@ def _operation(name: str, level: str, rtype: str | None, rid: str | None) -> Res
     if request.method not in op.methods:
         raise FhirError(405, [Issue("error", "not-supported", f"${name} takes {', '.join(sorted(op.methods))}")])
     body: Any = http.read_json() if request.method == "POST" else None
+    token: AccessToken = g.access_token
     with unit_of_work() as repo:
-        status, result = op.handler(OperationCall(repo, _config().fhir_base, level, request.method, rtype, rid,
-                                                  body, request.args.to_dict(flat=False)))
-    return http.fhir_response(result, status)
+        answer = op.handler(OperationCall(repo, _config().fhir_base, level, request.method, rtype, rid,
+                                          body, request.args.to_dict(flat=False), dict(request.headers),
+                                          _config().base_url + request.full_path.rstrip("?"), token.client_id))
+    return http.fhir_response(answer[1], answer[0], answer[2] if len(answer) > 2 else None)
 
 
 def _count(raw: str | None) -> int:

@@ -7,7 +7,7 @@ https://hl7.org/fhir/R4B/operations.html
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -31,10 +31,13 @@ class OperationCall:
     resource_id: str | None = None
     body: Any = None  # parsed JSON body (a resource or Parameters) for POST
     query: dict[str, list[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's (Prefer, Accept, …)
+    url: str = ""  # the request URL as the client sent it
+    client_id: str | None = None  # the OAuth client calling
 
 
-#: A handler returns (HTTP status, FHIR resource).
-Handler = Callable[[OperationCall], tuple[int, dict[str, Any]]]
+#: A handler returns (HTTP status, FHIR resource) or (HTTP status, FHIR resource, response headers).
+Handler = Callable[[OperationCall], "tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], dict[str, str]]"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def operation(code: str, methods: set[str]) -> Callable[[Handler], Handler]:
 @lru_cache(maxsize=1)
 def load() -> dict[str, Operation]:
     """Pair the definitions in ``fhir/operations`` with their handlers."""
-    from . import everything, match, meta, validate  # noqa: F401  (they register their handlers)
+    from . import everything, export, match, meta, validate  # noqa: F401  (they register their handlers)
 
     definitions = {}
     for path in sorted(DEFINITIONS_DIR.glob("OperationDefinition-*.json")):

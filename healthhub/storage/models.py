@@ -189,5 +189,6 @@ class AppState(Base):
 # The authorization server's and the audit trail's tables share this metadata: one schema, one Alembic history.
 from ..audit import models as _audit_models  # noqa: E402,F401
 from ..auth import models as _auth_models  # noqa: E402,F401
+from ..bulk import models as _bulk_models  # noqa: E402,F401
 from ..ingest import models as _ingest_models  # noqa: E402,F401
 from ..mpi import models as _mpi_models  # noqa: E402,F401
