@@ -14,6 +14,7 @@ def create_app(config: Any = None) -> Any:
     from .api import auth as auth_api
     from .api import authorize as authorize_api
     from .api import bulk as bulk_api
+    from .api import dashboard as dashboard_api
     from .api import fhir as fhir_api
     from .api import guard
     from .api import ingest as ingest_api
@@ -39,6 +40,7 @@ def create_app(config: Any = None) -> Any:
     ingest_api.init_app(app, ingest_pipeline(db, cfg))
     stats_api.init_app(app)
     bulk_api.init_app(app)
+    dashboard_api.init_app(app)
     errors.init_app(app)
     return app
 

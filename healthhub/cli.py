@@ -104,7 +104,8 @@ def serve(host: str, port: int, workers: int) -> None:
     finally:
         database.dispose()
     click.echo(f"HealthHub serving FHIR R4B at http://{host}:{port}/fhir "
-               f"(CapabilityStatement: http://{host}:{port}/fhir/metadata)")
+               f"(CapabilityStatement: http://{host}:{port}/fhir/metadata); "
+               f"public-health dashboard: http://{host}:{port}/dashboard")
     def export_worker(_gunicorn_worker: Any = None) -> None:
         # Bulk Data jobs are run by a thread in each web process unless HEALTHHUB_EXPORT_WORKER=off
         # (then by `healthhub worker` processes); jobs live in the database, so any may take one.
