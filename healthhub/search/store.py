@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..db import Database
 from ..storage import bulk, models
+from . import facts
 from . import indexer as ix
 from .registry import default_registry
 from .values import MAX_CODE, MAX_STRING, MAX_URI, clip, span_class
@@ -52,6 +53,11 @@ def clear_index(session: Session, resource_type: str, resource_ids: list[str]) -
 def table_rows(resource_type: str, resource_id: str, rows: Iterable[Any]) -> dict[Table, list[dict[str, Any]]]:
     """Group extracted rows by table, as column dicts ready for one executemany per table."""
     out: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+    rows = list(rows)
+    fact = facts.facts_row(resource_type, resource_id, rows)
+    if fact is not None:
+        out[models.SearchFacts].append({"resource_type": resource_type, "resource_id": resource_id,
+                                        "param": facts.PARAM, **fact})
     for row in rows:
         found = _columns(row)
         if found is None:

@@ -19,21 +19,6 @@ MAX_DIMENSIONS = 3
 #: Age bands (years at the event date): (label, lowest age, first age of the next band).
 AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
     ("0-4", 0, 5), ("5-14", 5, 15), ("15-24", 15, 25), ("25-44", 25, 45), ("45-64", 45, 65), ("65+", 65, None))
-#: The clinical date of a resource, by type: the first of these parameters that has a value.
-#: Types not listed use their ``date`` parameter when they have one.
-CLINICAL_DATE: dict[str, tuple[str, ...]] = {
-    "Condition": ("onset-date", "recorded-date"),
-    "AllergyIntolerance": ("onset", "date"),
-    "MedicationRequest": ("authoredon",),
-    "MedicationAdministration": ("effective-time",),
-    "MedicationDispense": ("whenhandedover",),
-    "ServiceRequest": ("authored",),
-    "ImagingStudy": ("started",),
-    "Claim": ("created",),
-    "ExplanationOfBenefit": ("created",),
-}
-
-
 @dataclass(frozen=True)
 class Dimension:
     name: str

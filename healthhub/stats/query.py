@@ -31,17 +31,18 @@ from sqlalchemy.orm import Session
 
 from ..mpi.models import MpiPerson
 from ..outcome import invalid
+from ..search import facts
 from ..search.cardinality import single_valued
 from ..search.compiler import Compiler, like_escape, param_rows
 from ..search.registry import Registry
 from ..search.request import SearchRequest
 from ..storage import models
-from .dimensions import AGE_GROUPS, CLINICAL_DATE, Dimension
+from .dimensions import AGE_GROUPS, Dimension
 from .sql import age_years, period_start
 
 Key = tuple[Any, ...]
-TOKEN, STRING, DATE, REF, URI = (models.SearchToken, models.SearchString, models.SearchDate,
-                                 models.SearchReference, models.SearchUri)
+TOKEN, STRING, DATE, REF, URI, FACTS = (models.SearchToken, models.SearchString, models.SearchDate,
+                                        models.SearchReference, models.SearchUri, models.SearchFacts)
 COUNT_BY = ("resource", "patient")
 
 
@@ -90,8 +91,12 @@ class Aggregation:
         return Counts(req.resource_type, dims, count_by, cells, total)
 
     def _cohort(self, req: SearchRequest) -> Select[Any]:
-        """The ids of the search's matches, from the index tables alone where the search allows."""
+        """The ids of the search's matches, from the index tables alone where the search allows;
+        with no criteria, the type's ``search_facts`` rows (one per live resource, carrying the
+        patient and the clinical date, so no other table is needed for them)."""
         rtype = req.resource_type
+        if not req.clauses and not req.ids and not req.last_updated and facts.has_facts(rtype):
+            return _facts_of(rtype)
         sets = (self.compiler.index_sets(rtype, req.clauses)
                 if not req.ids and not req.last_updated else None)
         if sets is not None:
@@ -128,6 +133,8 @@ class _Plan:
         self.id: ColumnElement[Any] = list(sub.c)[0]
         self.joined: FromClause = sub
         self._memo: dict[str, ColumnElement[Any]] = {}
+        # The cohort may be the type's search_facts rows themselves (Aggregation._cohort).
+        self._facts_from: FromClause | None = sub if "event_at" in sub.c else None
 
     def select(self, *columns: Any) -> Select[Any]:
         return select(*columns).select_from(self.joined)
@@ -179,20 +186,20 @@ class _Plan:
         self.join(sub, self.id)
         return func.coalesce(sub.c.system, "") + literal("|") + sub.c.code
 
+    def _facts(self) -> FromClause:
+        """The cohort's ``search_facts`` columns (``rid``, ``patient_id``, ``event_at``)."""
+        if self._facts_from is None:
+            self._facts_from = self.join(_facts_of(self.rtype).subquery(), self.id)
+        return self._facts_from
+
     def _patient(self) -> ColumnElement[Any]:
         """The id of the Patient the resource is about (itself for a Patient)."""
-        def build() -> ColumnElement[Any]:
-            if self.rtype == "Patient":
-                return self.id
-            sub = self.agg.values(REF, self.rtype, "patient", "target_id")  # stored as subject → Patient
-            subject = self.agg.registry.get(self.rtype, "subject")
-            if sub is None and subject is not None and "Patient" in subject.targets:
-                sub = _patients_only(self.agg, self.rtype)
-            if sub is not None:
-                return self.join(sub, self.id).c.v
+        if self.rtype == "Patient":
+            return self.id
+        if not facts.patient_params(self.rtype):
             raise invalid(f"{self.rtype} does not refer to a patient: gender, age-group, province, district and "
                           "_count-by=patient are not available for it", ("_group-by",))
-        return self._once("patient", build)
+        return self._facts().c.patient_id
 
     def _patient_value(self, table: Table, code: str, column: str) -> ColumnElement[Any]:
         def build() -> ColumnElement[Any]:
@@ -202,19 +209,14 @@ class _Plan:
         return self._once(f"patient.{code}", build)
 
     def _event_date(self) -> ColumnElement[Any]:
-        """The resource's clinical date (its start, UTC): the first of :data:`CLINICAL_DATE`'s
-        parameters with a value; for a Patient, now (age-group is the age today)."""
-        def build() -> ColumnElement[Any]:
-            if self.rtype == "Patient":
-                return literal(self.agg.now, DateTime(timezone=True))
-            codes = CLINICAL_DATE.get(self.rtype, ("date",))
-            found = [self.join(sub, self.id).c.v for code in codes
-                     if (sub := self.agg.values(DATE, self.rtype, code, "low")) is not None]
-            if not found:
-                raise invalid(f"{self.rtype} has no clinical date: period and age-group are not available for it",
-                              ("_group-by",))
-            return found[0] if len(found) == 1 else func.coalesce(*found)
-        return self._once("event", build)
+        """The resource's clinical date (its start, UTC: ``search/facts.py``); for a Patient, now
+        (age-group is the age today)."""
+        if self.rtype == "Patient":
+            return literal(self.agg.now, DateTime(timezone=True))
+        if not facts.date_params(self.rtype):
+            raise invalid(f"{self.rtype} has no clinical date: period and age-group are not available for it",
+                          ("_group-by",))
+        return self._facts().c.event_at
 
     def _age_group(self) -> ColumnElement[Any]:
         event = self._event_date()
@@ -245,8 +247,7 @@ class _Plan:
         return func.coalesce(self.join(prov, self.id).c.v, self.join(source, self.id).c.v)
 
 
-def _patients_only(agg: Aggregation, resource_type: str) -> FromClause:
-    """``(rid, v)`` of ``subject`` references that point at a Patient."""
-    rows = param_rows(REF, resource_type, "subject", agg.registry)
-    return (select(REF.c.resource_id.label("rid"), func.min(REF.c.target_id).label("v"))
-            .where(rows, REF.c.target_type == "Patient").group_by(REF.c.resource_id).subquery())
+def _facts_of(resource_type: str) -> Select[Any]:
+    """``(rid, patient_id, event_at)`` of every live resource of the type (``search_facts``)."""
+    return select(FACTS.c.resource_id.label("rid"), FACTS.c.patient_id, FACTS.c.event_at).where(
+        FACTS.c.resource_type == resource_type, FACTS.c.param == facts.PARAM)

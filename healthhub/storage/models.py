@@ -155,8 +155,10 @@ SearchComposite = _search_table(
     {f"c{i}_{field}": typ for i in range(3)
      for field, typ in (("system", Text), ("code", Text), ("num", Number), ("low", Instant), ("high", Instant))},
     [("c0_code",)])
+#: Per resource, for statistics: its patient and clinical date (``search/facts.py``); param ``_facts``.
+SearchFacts = _search_table("search_facts", {"patient_id": String(64), "event_at": Instant}, [])
 SEARCH_TABLES = (SearchString, SearchToken, SearchReference, SearchDate, SearchNumber, SearchQuantity,
-                 SearchUri, SearchComposite)
+                 SearchUri, SearchComposite, SearchFacts)
 
 
 def _partial(name: str, table: Table, *columns: str) -> None:

@@ -369,3 +369,22 @@ def test_address_district_is_a_search_parameter(dataset: Any) -> None:
     rest = client.get("/fhir/metadata").get_json()["rest"][0]["resource"]
     params = {p["name"]: p for r in rest if r["type"] == "Patient" for p in r["searchParam"]}
     assert params["address-district"]["type"] == "string"
+
+
+def test_updates_and_deletes_move_the_counts(make_app: Any) -> None:
+    """The per-resource facts (patient, clinical date) follow every version: an update moves a
+    case to its new week and patient, a delete removes it."""
+    app = make_app(min_cell=1)
+    client = authorized(app)
+    people = [{"resourceType": "Patient", "id": f"st-u{i}", "gender": g, "birthDate": "1980-01-01"}
+              for i, g in enumerate(["female", "male"])]
+    conds = [{"resourceType": "Condition", "id": f"st-uc{i}", "subject": {"reference": "Patient/st-u0"},
+              "code": {"coding": [{"system": ICD10, "code": "A90"}]}, "onsetDateTime": "2026-03-02"} for i in range(3)]
+    load(client, people + conds)
+    stats = authorized(app, "stats.read")
+    assert groups(stats.get("/stats/Condition?_group-by=gender,period:week").get_json()) == {("female", "2026-W10"): 3}
+    moved = {**conds[0], "subject": {"reference": "Patient/st-u1"}, "onsetDateTime": "2026-03-10"}
+    assert client.put("/fhir/Condition/st-uc0", json=moved, headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    assert client.delete("/fhir/Condition/st-uc1").status_code in (200, 204)
+    body = stats.get("/stats/Condition?_group-by=gender,period:week").get_json()
+    assert groups(body) == {("female", "2026-W10"): 1, ("male", "2026-W11"): 1} and body["total"] == 2
