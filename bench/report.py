@@ -37,7 +37,7 @@ def _machine(doc: dict[str, Any], full: bool, extra: list[list[Any]]) -> list[st
             ["HealthHub commit", f"{m['git_commit'][:12]}" + (" (uncommitted changes under healthhub/)"
                                                               if m["git_dirty_hub"] else "")],
             *extra,
-            ["total run time", f"{doc['seconds']:,.0f} s"]]
+            ["total run time", f"{doc['seconds']:,.0f} s" if "seconds" in doc else "not recorded"]]
     return ["### Machine and run", "", *_table(["", ""], rows, "ll")]
 
 
@@ -145,10 +145,32 @@ def render_hospital(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_stats(doc: dict[str, Any]) -> str:
+    """The tables of a results file written by bench/stats.py."""
+    out = _machine(doc, False, [["data", f"{doc['patients']:,} Patients; Observations generated (seed {doc['seed']}), "
+                                         "written with the hub's indexer and bulk writer"]])
+    out += ["", f"### Grouped counts through the app in process ({doc['db']}): median and max of the timed runs", ""]
+    rows = []
+    for scale in doc["scales"]:
+        for q in scale["queries"]:
+            rows.append([f"{scale['observations']:,}", q["label"], f"{q['median_s'] * 1000:,.0f}",
+                         f"{q['max_s'] * 1000:,.0f}", f"{q['groups']:,}", q["suppressed"],
+                         "null" if q["total"] is None else f"{q['total']:,}", f"{q['python_peak_kib']:,}"])
+    out += _table(["Observations", "query", "median ms", "max ms", "groups", "suppressed", "total",
+                   "Python peak KiB"], rows, "rlrrrrrr")
+    target = doc.get("target")
+    if target:
+        out += ["", f"Target: two-dimension grouping over {target['observations']:,} Observations ≤ "
+                    f"{target['limit_s']:.0f} s — worst median {target['worst_two_dimension_median_s']:.3f} s: "
+                    f"{'pass' if target['pass'] else '**FAIL**'}."]
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json"
     doc = orjson.loads(path.read_bytes())
-    sys.stdout.write(render_hospital(doc) if doc.get("benchmark") == "hospital" else render(doc))
+    renderers = {"hospital": render_hospital, "stats": render_stats}
+    sys.stdout.write(renderers.get(doc.get("benchmark", ""), render)(doc))
     return 0
 
 

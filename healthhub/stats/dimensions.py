@@ -11,7 +11,7 @@ from datetime import date
 from typing import Any
 
 from ..outcome import invalid
-from .sql import GRAINS
+from .sql import BAND_STARTS, GRAINS
 
 NAMES = ("code", "gender", "age-group", "province", "district", "organization", "period")
 #: At most this many dimensions in one query: more would only make cells that are all suppressed.
@@ -19,6 +19,7 @@ MAX_DIMENSIONS = 3
 #: Age bands (years at the event date): (label, lowest age, first age of the next band).
 AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
     ("0-4", 0, 5), ("5-14", 5, 15), ("15-24", 15, 25), ("25-44", 25, 45), ("45-64", 45, 65), ("65+", 65, None))
+assert tuple(low for _, low, _ in AGE_GROUPS) == BAND_STARTS  # the SQL numbers the bands in this order
 @dataclass(frozen=True)
 class Dimension:
     name: str
@@ -39,6 +40,8 @@ class Dimension:
 
     def show(self, value: Any) -> Any:
         """The published form of a grouped value (SQL gives a period as its first day)."""
+        if self.name == "age-group":  # the band's number (stats/sql.py AgeBand): 0 is an age below zero
+            return AGE_GROUPS[int(value) - 1][0] if value else None
         if value is None or self.name != "period":
             return value
         first = date.fromisoformat(str(value)[:10])

@@ -21,7 +21,6 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    case,
     distinct,
     func,
     literal,
@@ -37,8 +36,8 @@ from ..search.compiler import Compiler, like_escape, param_rows
 from ..search.registry import Registry
 from ..search.request import SearchRequest
 from ..storage import models
-from .dimensions import AGE_GROUPS, Dimension
-from .sql import age_years, period_start
+from .dimensions import Dimension
+from .sql import age_band, period_start
 
 Key = tuple[Any, ...]
 TOKEN, STRING, DATE, REF, URI, FACTS = (models.SearchToken, models.SearchString, models.SearchDate,
@@ -78,8 +77,10 @@ class Aggregation:
         plan = _Plan(self, req.resource_type, self._cohort(req))
         keys = [plan.dimension(d, code_system) for d in dims]
         counted = plan.counted(count_by)
-        multi = any(d.name == "code" for d in dims) or count_by == "patient"
-        number = func.count(distinct(counted)) if multi else func.count()
+        # Every dimension gives one value per resource except code, which gives one row per
+        # distinct coding (the indexer drops repeated rows): count(*) counts each resource once
+        # per cell, without the sort a count(DISTINCT) needed (0.70 → 0.28 s at 150k Observations).
+        number = func.count(distinct(counted)) if count_by == "patient" else func.count()
         grouped = plan.select(*keys, number).group_by(*keys)
         cells = {tuple(row[:-1]): int(row[-1]) for row in self.session.execute(grouped)}
         # The total: the same cohort without the dimensions' joins (a resource with two codes
@@ -219,11 +220,8 @@ class _Plan:
         return self._facts().c.event_at
 
     def _age_group(self) -> ColumnElement[Any]:
-        event = self._event_date()
-        birth = self._patient_value(DATE, "birthdate", "low")
-        age = age_years(birth, event)
-        whens = [(age < upper, label) for label, _, upper in AGE_GROUPS if upper is not None]
-        return case((age < 0, None), *whens, (age >= AGE_GROUPS[-1][1], AGE_GROUPS[-1][0]), else_=None)
+        """The age band's number (``Dimension.show`` names it): ``sql.AgeBand``."""
+        return age_band(self._patient_value(DATE, "birthdate", "low"), self._event_date())
 
     def _organization(self) -> ColumnElement[Any]:
         """The sender: the Organization agent of a Provenance naming the resource (HL7 v2 and CSV

@@ -35,8 +35,10 @@ def publish(counts: Counts, min_cell: int) -> dict[str, Any]:
     """The JSON document of ``counts`` with cells below ``min_cell`` suppressed (primary and
     complementary, :mod:`healthhub.stats.suppression`)."""
     shown: dict[tuple[Any, ...], int] = {}
-    for key, n in counts.cells.items():  # period keys: first day → 2026-W05 (distinct days stay distinct)
-        shown[tuple(d.show(v) for d, v in zip(counts.dimensions, key, strict=True))] = n
+    for key, n in counts.cells.items():  # period: first day → 2026-W05; age band number → 25-44
+        label = tuple(d.show(v) for d, v in zip(counts.dimensions, key, strict=True))
+        # Two values can show alike (a negative age and no birth date are both unknown).
+        shown[label] = shown.get(label, 0) + n
     result = suppress(shown, min_cell)
     labels = [d.label for d in counts.dimensions]
     def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
