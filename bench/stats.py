@@ -39,8 +39,7 @@ from bench.database import DEFAULT_POSTGRES_URL, BenchDatabase, bench_database  
 from bench.machine import describe  # noqa: E402
 from healthhub import create_app  # noqa: E402
 from healthhub.config import Config  # noqa: E402
-from healthhub.search.store import default_indexer  # noqa: E402
-from healthhub.search.store import table_rows  # noqa: E402
+from healthhub.search.store import default_indexer, table_rows  # noqa: E402
 from healthhub.storage import bulk  # noqa: E402
 from healthhub.storage.models import Resource, ResourceVersion  # noqa: E402
 
@@ -88,7 +87,9 @@ def observation(i: int, patients: int, rng: random.Random) -> dict[str, Any]:
 def write(db: BenchDatabase, docs: list[dict[str, Any]]) -> None:
     """The rows the repository's batched create writes, without validation (see the module doc)."""
     now = datetime.now(UTC)
-    resources, versions, index = [], [], {}
+    resources: list[dict[str, Any]] = []
+    versions: list[dict[str, Any]] = []
+    index: dict[Any, list[dict[str, Any]]] = {}
     extract = default_indexer().extract
     for doc in docs:
         rtype, rid = doc["resourceType"], doc["id"]
@@ -104,7 +105,9 @@ def write(db: BenchDatabase, docs: list[dict[str, Any]]) -> None:
         from sqlalchemy.orm import Session
 
         with Session(engine) as session, session.begin():
-            bulk.append(session, {Resource.__table__: resources, ResourceVersion.__table__: versions, **index})
+            tables: dict[Any, list[dict[str, Any]]] = {Resource.__table__: resources,
+                                                       ResourceVersion.__table__: versions, **index}
+            bulk.append(session, tables)
     finally:
         engine.dispose()
 
@@ -145,25 +148,19 @@ def measure(app: Any, token: str, repeat: int) -> list[dict[str, Any]]:
     return out
 
 
-def explain(db: BenchDatabase, app: Any) -> str:
-    """EXPLAIN ANALYZE of the first query's grouped statement (PostgreSQL)."""
+def explain(app: Any) -> str:
+    """EXPLAIN ANALYZE of the first query's grouped statement, as the hub builds it (PostgreSQL)."""
     from healthhub.clock import utcnow
     from healthhub.search.parser import parse
     from healthhub.search.registry import default_registry
     from healthhub.stats.dimensions import parse_group_by
-    from healthhub.stats.query import Aggregation, _Plan
+    from healthhub.stats.query import Aggregation
 
     registry = default_registry()
-    database = app.extensions["healthhub.db"]
-    with database.transaction() as session:
+    with app.extensions["healthhub.db"].transaction() as session:
         agg = Aggregation(session, registry, utcnow(), "http://bench/fhir")
-        req = parse("Observation", [], registry)
-        plan = _Plan(agg, "Observation", agg._cohort(req))
-        keys = [plan.dimension(d, None) for d in parse_group_by(["code,gender"])]
-        from sqlalchemy import distinct, func
-
-        stmt = plan.select(*keys, func.count(distinct(plan.counted("resource")))).group_by(*keys)
-        sql = stmt.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+        grouped, _ = agg.statements(parse("Observation", [], registry), parse_group_by(["code,gender"]))
+        sql = grouped.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
         rows = session.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars().all()
     return "\n".join(rows)
 
@@ -202,7 +199,7 @@ def main() -> int:
             entry: dict[str, Any] = {"observations": scale, "load_seconds": round(load_s, 1),
                                      "queries": measure(app, token, args.repeat)}
             if args.db == "postgres" and scale == scales[-1]:
-                entry["explain_code_gender"] = explain(db, app)
+                entry["explain_code_gender"] = explain(app)
             app.extensions["healthhub.db"].dispose()
             doc["scales"].append(entry)
             args.out.write_text(json.dumps(doc, indent=1) + "\n")

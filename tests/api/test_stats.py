@@ -388,3 +388,18 @@ def test_updates_and_deletes_move_the_counts(make_app: Any) -> None:
     assert client.delete("/fhir/Condition/st-uc1").status_code in (200, 204)
     body = stats.get("/stats/Condition?_group-by=gender,period:week").get_json()
     assert groups(body) == {("female", "2026-W10"): 1, ("male", "2026-W11"): 1} and body["total"] == 2
+
+
+def test_a_code_counts_a_resource_once(make_app: Any) -> None:
+    """A coding repeated with another display, and a text unlike the codings' displays, are index
+    rows of their own; the resource still counts once under its code, and never under null."""
+    app = make_app(min_cell=1)
+    load(authorized(app), [
+        {"resourceType": "Patient", "id": "st-k0", "gender": "female", "birthDate": "1990-01-01"},
+        {"resourceType": "Condition", "id": "st-k1", "subject": {"reference": "Patient/st-k0"},
+         "onsetDateTime": "2026-02-02", "code": {"text": "break-bone fever", "coding": [
+             {"system": ICD10, "code": "A90", "display": "Dengue fever"},
+             {"system": ICD10, "code": "A90", "display": "Dengue fever [classical dengue]"}]}},
+    ])
+    body = authorized(app, "stats.read").get("/stats/Condition?_group-by=code,gender").get_json()
+    assert groups(body) == {(f"{ICD10}|A90", "female"): 1} and body["total"] == 1
