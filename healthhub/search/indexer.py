@@ -799,7 +799,7 @@ class Indexer:
                     self._composite(plan, root, resource, rows)
             except Exception:  # one odd value must not stop the others
                 log.warning("could not index %s.%s", rtype, plan.code, exc_info=True)
-        return list(dict.fromkeys(rows))
+        return _one_row_per_code(list(dict.fromkeys(rows)))
 
     def fallback_expressions(self, resource_type: str) -> list[tuple[str, str]]:
         """(param code, expression part) evaluated by fhirpathpy for ``resource_type``."""
@@ -886,3 +886,23 @@ class Indexer:
                     _Expr(p, False, self.force_fhirpathpy) for p in split_union(comp.expression))
             out.append(_Component(target.code, exprs, convert))
         return tuple(out)
+
+
+def _one_row_per_code(rows: list[Any]) -> list[Any]:
+    """At most one coding row per (parameter, system, code): a code repeated with another display
+    keeps that display as a text-only row (``:text`` still finds it; no search by code needs a
+    second row), so statistics can count a resource once per code with ``count(*)``
+    (``stats/query.py``). Identifier rows (with a type) are left as they are."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Any] = []
+    for row in rows:
+        if type(row) is TokenRow and row.code is not None and row.type_system is None and row.type_code is None:
+            key = (row.param, row.system, row.code)
+            if key in seen:
+                if row.text:
+                    out.append(TokenRow(row.param, "", None, row.text))
+                continue
+            seen.add(key)
+        out.append(row)
+    return list(dict.fromkeys(out))
+

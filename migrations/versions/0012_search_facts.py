@@ -7,7 +7,8 @@ Create Date: 2026-11-29
 Public-health statistics group by the patient's attributes and by the clinical date; joining a
 cohort to the ``subject`` and ``date`` index rows cost 2–3 s at 1M Observations on PostgreSQL.
 ``search_facts`` (written with the other index rows, ``search/facts.py``) holds both in one
-narrow row per resource. The reindex flag makes ``healthhub db upgrade`` fill it right after.
+narrow row per resource. The reindex flag makes ``healthhub db upgrade`` fill it right after (and
+re-extracts the token rows: one row per parameter, system and code from this revision on).
 """
 from __future__ import annotations
 

@@ -403,3 +403,7 @@ def test_a_code_counts_a_resource_once(make_app: Any) -> None:
     ])
     body = authorized(app, "stats.read").get("/stats/Condition?_group-by=code,gender").get_json()
     assert groups(body) == {(f"{ICD10}|A90", "female"): 1} and body["total"] == 1
+    # The second display is still searchable as text (it became a text-only index row).
+    for text in ("dengue fever %5Bclassical", "break-bone", "dengue fever"):
+        found = authorized(app).get(f"/fhir/Condition?code:text={text}").get_json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == ["st-k1"], text
