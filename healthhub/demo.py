@@ -128,11 +128,11 @@ def seed_senders(db: Database) -> list[str]:
     with db.transaction() as session:
         repo = Repository(session, DEMO_CONTEXT)
         for code, name in DEMO_SENDERS:
-            organization = f"Organization/demo-{code.lower()}"
-            if repo.current_many("Organization", [organization.split("/")[1]]) == {}:
-                repo.update("Organization", organization.split("/")[1],
-                            {"resourceType": "Organization", "id": organization.split("/")[1], "active": True,
-                             "name": name, "identifier": [{"system": SENDER_CODES, "value": code}]})
+            org_id = f"demo-{code.lower()}"
+            organization = f"Organization/{org_id}"
+            if not repo.current_many("Organization", [org_id]):
+                repo.update("Organization", org_id, {"resourceType": "Organization", "id": org_id, "active": True,
+                                                     "name": name, "identifier": [{"system": SENDER_CODES, "value": code}]})
             row = session.get(senders.Sender, code)
             if row is None:
                 senders.create(session, code, name, utcnow(), timezone="Asia/Bangkok", organization=organization)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from sqlalchemy.orm import Session
 
 from ..audit.events import record
 from ..auth.bearer import authenticate
@@ -58,9 +59,10 @@ def _db() -> Database:
     return db
 
 
-def _audited(session: object, touched: list[str]) -> None:
+def _audited(session: Session) -> None:
+    """Record the request in the audit trail, in the transaction that answers it."""
     if audit_hooks.enabled():
-        record(session, audit_hooks.happening(200, touched), utcnow(), durable=False)  # type: ignore[arg-type]
+        record(session, audit_hooks.happening(200, []), utcnow(), durable=False)
         g.audited = True
 
 
@@ -70,7 +72,7 @@ def status(job_id: str) -> Response:
     with _db().transaction() as session:
         job = jobs.owned(session, job_id, _client())
         files = jobs.files_of(session, job.id) if job.status == "completed" else []
-        _audited(session, [])
+        _audited(session)
         if job.status in ("accepted", "in-progress"):
             return Response(status=202, headers={"X-Progress": job.progress or job.status,
                                                  "Retry-After": str(jobs.retry_after(job))})
@@ -88,7 +90,7 @@ def cancel(job_id: str) -> Response:
     with _db().transaction() as session:
         job = jobs.owned(session, job_id, _client())
         jobs.cancel(session, job, Path(_config().export_dir))
-        _audited(session, [])
+        _audited(session)
     return Response(dumps(operation_outcome([Issue("information", "informational",
                                                    f"Export {job_id} cancelled; its files are removed")])),
                     202, content_type="application/fhir+json; charset=utf-8")
@@ -101,7 +103,7 @@ def download(job_id: str, name: str) -> Response:
         found = session.get(ExportFile, (job.id, name)) if job.status == "completed" and len(name) <= 128 else None
         if found is None:
             raise not_found(f"Export {job_id[:64]} has no file {name[:128]!r}")
-        _audited(session, [])
+        _audited(session)
         # The path is made of the job's id and the file's recorded name, never of the client's text.
         path = jobs.job_folder(Path(_config().export_dir), job.id) / found.name
     if not path.is_file():

@@ -58,11 +58,12 @@ def counts(rtype: str) -> Response:
     dims = parse_group_by([v for k, v in pairs if k == "_group-by"])
     count_by = ([v for k, v in pairs if k == "_count-by"] or ["resource"])[-1]
     code_system = ([v for k, v in pairs if k == "_code-system"] or [""])[-1]
-    req = parse(rtype, [(k, v) for k, v in pairs if k not in OWN_PARAMS], default_registry(),
+    registry = default_registry()
+    req = parse(rtype, [(k, v) for k, v in pairs if k not in OWN_PARAMS], registry,
                 strict=http.prefer_handling() == "strict", base_url=config.fhir_base)
     db: Database = current_app.extensions["healthhub.db"]
     with db.transaction() as session:
-        found = Aggregation(session, default_registry(), utcnow(), config.fhir_base).count(
+        found = Aggregation(session, registry, utcnow(), config.fhir_base).count(
             req, dims, count_by, code_system or None)
         if audit_hooks.enabled():
             record(session, audit_hooks.happening(200, []), utcnow(), durable=False)

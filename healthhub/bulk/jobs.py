@@ -30,9 +30,6 @@ NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "nd
 KICKOFF_PARAMS = frozenset({"_outputFormat", "_since", "_type", "_typeFilter"})
 #: A worker that has not reported for this long is taken for dead; its job is taken up again.
 STALE_AFTER = timedelta(seconds=60)
-#: Types that are in no patient's compartment but that patient-level exports still carry (none:
-#: Bulk Data leaves it to the server; HealthHub keeps to the compartment, as HAPI FHIR does).
-LEVELS = ("system", "patient", "group")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from . import jobs, writer
 log = logging.getLogger("healthhub.bulk")
 #: Seconds between looks for work when there was none.
 POLL = 1.0
+#: Seconds between removals of expired jobs (retention is counted in hours).
+CLEAN_EVERY = 60.0
 
 
 class Worker:
@@ -35,10 +38,14 @@ class Worker:
         self.export_dir = Path(config.export_dir)
         self.retention = timedelta(hours=config.export_retention_hours)
         self.stopping = threading.Event()
+        self._cleaned_at: float | None = None
 
     def run_once(self) -> str | None:
-        """Clean up expired jobs, then run one waiting job; its outcome, or None when none waited."""
-        self.clean_up()
+        """Clean up expired jobs (at most once a minute), then run one waiting job; its outcome,
+        or None when none waited."""
+        if self._cleaned_at is None or time.monotonic() - self._cleaned_at >= CLEAN_EVERY:
+            self.clean_up()
+            self._cleaned_at = time.monotonic()
         with self.db.transaction() as session:
             job_id = jobs.claim(session, self.name, self.clock())
         if job_id is None:

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import ColumnElement, delete, or_, select, union, update
-from sqlalchemy.orm import Session
 
 from ..auth.access import Access
 from ..auth.scopes import Grant
@@ -137,12 +136,13 @@ class _Files:
 
 def _export_type(db: Database, registry: Registry, job: ExportJob, rtype: str, files: _Files,
                  clock: Callable[[], datetime]) -> None:
+    # Built once per type (filters parsed, scopes turned into SQL), run once per page.
+    conds = _conditions(db.engine.dialect.name, registry, job, rtype, clock)
     after = ""
     written = 0
     while True:
         files.beat(f"{rtype}: {written:,} exported ({files.total:,} in all)")
         with db.transaction() as session:
-            conds = _conditions(session, registry, job, rtype, clock)
             rows = session.execute(select(R.id, R.content).where(*conds, R.id > after).order_by(R.id).limit(PAGE)).all()
         for _, content in rows:
             files.write(rtype, dumps(content) + b"\n")
@@ -152,7 +152,7 @@ def _export_type(db: Database, registry: Registry, job: ExportJob, rtype: str, f
         after = rows[-1][0]
 
 
-def _conditions(session: Session, registry: Registry, job: ExportJob, rtype: str,
+def _conditions(dialect: str, registry: Registry, job: ExportJob, rtype: str,
                 clock: Callable[[], datetime]) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = [R.resource_type == rtype, R.deleted.is_(False),
                                         R.last_updated <= job.transaction_time]
@@ -162,7 +162,7 @@ def _conditions(session: Session, registry: Registry, job: ExportJob, rtype: str
         conds.append(_in_compartments(rtype, _patients(job)))
     queries = (job.type_filters or {}).get(rtype) or []
     if queries:
-        compiler = Compiler(registry, clock(), session.get_bind().dialect.name)
+        compiler = Compiler(registry, clock(), dialect)
         alternatives = []
         for query in queries:
             req = parse(rtype, parse_qsl(query, keep_blank_values=True), registry, strict=True)

@@ -20,6 +20,8 @@ MAX_DIMENSIONS = 3
 AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
     ("0-4", 0, 5), ("5-14", 5, 15), ("15-24", 15, 25), ("25-44", 25, 45), ("45-64", 45, 65), ("65+", 65, None))
 assert tuple(low for _, low, _ in AGE_GROUPS) == BAND_STARTS  # the SQL numbers the bands in this order
+
+
 @dataclass(frozen=True)
 class Dimension:
     name: str

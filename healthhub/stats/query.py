@@ -89,13 +89,12 @@ class Aggregation:
         # holds one row per (parameter, system, code) (search/indexer.py _one_row_per_code), so
         # count(*) counts each resource once per cell. count(DISTINCT) sorted a million rows:
         # 4.18 s against 1.11 s for code x gender at 1M Observations (bench/RESULTS.md).
-        number = func.count(distinct(counted)) if count_by == "patient" else func.count()
-        grouped = plan.select(*keys, number).group_by(*keys)
+        persons = count_by == "patient"
+        grouped = plan.select(*keys, func.count(distinct(counted)) if persons else func.count()).group_by(*keys)
         # The total: the same cohort without the dimensions' joins (a resource with two codes
         # is one resource, a person seen in two weeks one person).
         whole = _Plan(self, req.resource_type, plan.cohort_select)
-        counted = whole.counted(count_by)
-        total = whole.select(func.count(distinct(counted)) if count_by == "patient" else func.count())
+        total = whole.select(func.count(distinct(whole.counted(count_by))) if persons else func.count())
         return grouped, total
 
     def _cohort(self, req: SearchRequest) -> Select[Any]:

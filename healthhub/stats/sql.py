@@ -70,10 +70,6 @@ class _MonthStart(PeriodStart):
 _BY_GRAIN: dict[str, type[PeriodStart]] = {"day": _DayStart, "week": _WeekStart, "month": _MonthStart}
 
 
-def age_years(birth: ColumnElement[Any], at: ColumnElement[Any]) -> AgeYears:
-    return AgeYears(birth, at)
-
-
 def age_band(birth: ColumnElement[Any], at: ColumnElement[Any]) -> AgeBand:
     return AgeBand(birth, at)
 
