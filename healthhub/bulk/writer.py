@@ -8,6 +8,11 @@ let it read (a ``patient/`` token: its patient's compartment), changed before th
 after ``_since``, matching one of the type's ``_typeFilter`` searches; at the Patient level, the
 resources in some patient's compartment; at the Group level, in the compartments of the Group's
 members and of the records the MPI links to them (``Group.member.entity``, as indexed).
+
+Lines are the stored JSON text as the database hands it out (``content`` cast to text: JSONB's
+text form on PostgreSQL, the stored compact text on SQLite), never parsed into Python and
+written again: parsing with exact decimals was half of an export's time (bench/RESULTS.md,
+seventh session). JSONB's text form escapes every control character, so a line holds no newline.
 """
 from __future__ import annotations
 
@@ -18,13 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ColumnElement, delete, or_, select, union, update
+from sqlalchemy import ColumnElement, Text, cast, delete, or_, select, union, update
 
 from ..auth.access import Access
 from ..auth.scopes import Grant
 from ..clock import utcnow
 from ..db import Database
-from ..jsonio import dumps
 from ..mpi.models import MpiPerson
 from ..search.compartment import patient_compartment, stored_params
 from ..search.compiler import Compiler
@@ -37,7 +41,7 @@ from .models import ExportFile, ExportJob
 log = logging.getLogger("healthhub.bulk")
 R = models.Resource
 REF = models.SearchReference
-PAGE = 500
+PAGE = 1000
 
 
 class Lost(Exception):
@@ -143,9 +147,10 @@ def _export_type(db: Database, registry: Registry, job: ExportJob, rtype: str, f
     while True:
         files.beat(f"{rtype}: {written:,} exported ({files.total:,} in all)")
         with db.transaction() as session:
-            rows = session.execute(select(R.id, R.content).where(*conds, R.id > after).order_by(R.id).limit(PAGE)).all()
+            rows = session.execute(select(R.id, cast(R.content, Text)).where(*conds, R.id > after)
+                                   .order_by(R.id).limit(PAGE)).all()
         for _, content in rows:
-            files.write(rtype, dumps(content) + b"\n")
+            files.write(rtype, content.encode() + b"\n")
         written += len(rows)
         if len(rows) < PAGE:
             return
