@@ -14,10 +14,11 @@ def create_app(config: Any = None) -> Any:
     from .api import auth as auth_api
     from .api import authorize as authorize_api
     from .api import bulk as bulk_api
+    from .api import cors, edge, guard, throttle
     from .api import dashboard as dashboard_api
     from .api import fhir as fhir_api
-    from .api import guard
     from .api import ingest as ingest_api
+    from .api import ops as ops_api
     from .api import stats as stats_api
     from .auth import service as auth_service
     from .config import Config
@@ -32,7 +33,10 @@ def create_app(config: Any = None) -> Any:
     app.url_map.strict_slashes = False
     db = app.extensions["healthhub.db"] = Database(cfg)
     load_operations()  # fail at start-up when an operation and its definition do not pair up
+    edge.init_app(app, cfg)  # first: the request id exists before any other hook logs
     guard.init_app(app)
+    cors.init_app(app, cfg, db)
+    throttle.init_app(app, cfg, db)
     auth_service.init_app(app, cfg, db)
     auth_api.init_app(app)
     authorize_api.init_app(app)
@@ -41,6 +45,7 @@ def create_app(config: Any = None) -> Any:
     stats_api.init_app(app)
     bulk_api.init_app(app)
     dashboard_api.init_app(app)
+    ops_api.init_app(app)
     errors.init_app(app)
     return app
 

@@ -1,7 +1,6 @@
 """The ``healthhub`` command (CONTRACT §3). Every command exits non-zero with a one-line error."""
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,8 +53,13 @@ def _first_line(exc: BaseException) -> str:
 @click.version_option(package_name="healthhub")
 def main() -> None:
     """HealthHub — a FHIR R4B data hub."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from . import logs
+
+    try:
+        fmt = Config.from_env().log_format
+    except ValueError:
+        fmt = "text"  # the command itself reports the bad setting
+    logs.configure(fmt)
 
 
 @main.group()
@@ -121,13 +125,32 @@ def serve(host: str, port: int, workers: int) -> None:
         create_app(cfg).run(host=host, port=port, threaded=True)
         return
 
+    import os
+    import tempfile
+
+    from . import logs, metrics
+
+    # Prometheus samples of all the workers, added up by /metrics (healthhub/metrics.py); set
+    # before any worker imports prometheus_client.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="healthhub-metrics-"))
+    formatter = {"()": logs.JsonFormatter} if cfg.log_format == "json" else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("accesslog", "-")
+            # No gunicorn access log: its request line holds the query string (``?name=…``), which
+            # is personal data; the hub logs each request by route instead (healthhub/api/edge.py).
+            self.cfg.set("accesslog", None)
+            self.cfg.set("logconfig_dict", {
+                "version": 1, "disable_existing_loggers": False,
+                "formatters": {"hub": formatter},
+                "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "hub"}},
+                "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+                "root": {"handlers": ["stderr"], "level": "INFO"}})
             self.cfg.set("timeout", 120)
             self.cfg.set("post_worker_init", export_worker)  # after the fork: a thread per worker
+            self.cfg.set("child_exit", lambda _arbiter, worker: metrics.process_exited(worker.pid))
 
         def load(self) -> Any:
             return create_app(cfg)
@@ -140,12 +163,10 @@ def serve(host: str, port: int, workers: int) -> None:
 def worker(once: bool) -> None:
     """Run Bulk Data export jobs (any number of workers may run, on any host sharing the database
     and HEALTHHUB_EXPORT_DIR)."""
-    import logging
     import signal
 
     from .bulk.worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = _config()
     database = _database(cfg)
     runner = Worker(database, cfg)

@@ -30,6 +30,20 @@ class Config:
     max_body: int = 50 * 1024 * 1024
     #: The audit trail (CONTRACT §9). Off only to measure what it costs (``make bench``).
     audit: bool = True
+    #: A streaming replica for searches and statistics (reads that may lag the primary by the
+    #: replication delay); empty: the primary answers everything.
+    read_database_url: str = ""
+    #: ``json`` (one object per line, the default) or ``text``.
+    log_format: str = "json"
+    #: Bearer secret a Prometheus scraper sends to ``/metrics``; empty: ``/metrics`` is closed.
+    metrics_token: str = ""
+    #: Browser origins allowed to call the API besides those of registered clients' redirect URIs.
+    cors_origins: tuple[str, ...] = ()
+    #: Requests per minute per client (per address before authentication); 0: no limit. The
+    #: default (100 a second) is above what one hospital's interface engine sends.
+    rate_limit: int = 6000
+    #: Redis for the rate-limit counters (shared by every process); empty: the database.
+    redis_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -47,6 +61,13 @@ class Config:
             export_worker=_choice(env, "HEALTHHUB_EXPORT_WORKER", d.export_worker, ("thread", "off")),
             max_body=_int(env, "HEALTHHUB_MAX_BODY", d.max_body),
             audit=_flag(env, "HEALTHHUB_AUDIT", d.audit),
+            read_database_url=env.get("HEALTHHUB_READ_DATABASE_URL", d.read_database_url),
+            log_format=_choice(env, "HEALTHHUB_LOG_FORMAT", d.log_format, ("json", "text")),
+            metrics_token=env.get("HEALTHHUB_METRICS_TOKEN", d.metrics_token),
+            cors_origins=tuple(o.strip().rstrip("/") for o in env.get("HEALTHHUB_CORS_ORIGINS", "").split(",")
+                               if o.strip()),
+            rate_limit=_int(env, "HEALTHHUB_RATE_LIMIT", d.rate_limit),
+            redis_url=env.get("HEALTHHUB_REDIS_URL", d.redis_url),
         )
         return replace(cfg, **overrides) if overrides else cfg
 

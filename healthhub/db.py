@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,12 +81,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """One engine and its session factory."""
+    """The primary's engine and session factory, and the read replica's when one is configured."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.engine = make_engine(config)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # HEALTHHUB_READ_DATABASE_URL: a streaming replica (docs/deployment.md) for the reads that
+        # may lag the primary by the replication delay — searches and statistics. Reads by id,
+        # history, writes and everything in a write's transaction stay on the primary.
+        self.read_engine = (make_engine(replace(config, database_url=config.read_database_url))
+                            if config.read_database_url else self.engine)
+        self.read_sessionmaker = (sessionmaker(self.read_engine, expire_on_commit=False)
+                                  if self.read_engine is not self.engine else self.sessionmaker)
         from .storage.planner_stats import PlannerStatistics
 
         self.planner_stats = PlannerStatistics(self.engine)
@@ -98,5 +106,20 @@ class Database:
                 yield session
         self.planner_stats.after_write()
 
+    @property
+    def has_replica(self) -> bool:
+        return self.read_engine is not self.engine
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[Session]:
+        """A read-only transaction on the replica (the primary when there is none)."""
+        with self.read_sessionmaker() as session:
+            with session.begin():
+                if self.has_replica and self.read_engine.dialect.name == "postgresql":
+                    session.execute(text("SET TRANSACTION READ ONLY"))
+                yield session
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.has_replica:
+            self.read_engine.dispose()

@@ -56,7 +56,8 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
         engine = make_engine(cfg)
         migrate.upgrade(engine)
         engine.dispose()
-        yield replace(cfg, signing_key=str(keys / "signing-key.pem"))
+        # No rate limit but where a test is about it (tests/api/test_rate_limit.py).
+        yield replace(cfg, signing_key=str(keys / "signing-key.pem"), rate_limit=0)
 
 
 def _clean(app: Any) -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from flask import Blueprint, Flask, Response, current_app, g, send_file
 from sqlalchemy.orm import Session
 
 from ..audit.events import record
-from ..auth.bearer import authenticate
-from ..auth.service import auth_service
 from ..auth.tokens import AccessToken
 from ..bulk import jobs
 from ..bulk.models import ExportFile
@@ -26,7 +24,7 @@ from ..config import Config
 from ..db import Database
 from ..jsonio import dumps
 from ..outcome import FhirError, Issue, not_found, operation_outcome
-from . import audit_hooks
+from . import audit_hooks, throttle
 
 bp = Blueprint("bulk", __name__, url_prefix="/bulk")
 NDJSON = "application/fhir+ndjson"
@@ -38,7 +36,7 @@ def init_app(app: Flask) -> None:
 
 @bp.before_request
 def _authenticate() -> None:
-    g.access_token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+    throttle.authenticated()
 
 
 bp.after_request(audit_hooks.record_failure)

@@ -13,8 +13,6 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 
 from ..audit.events import Happening, record
 from ..auth.access import Access
-from ..auth.bearer import authenticate
-from ..auth.service import auth_service
 from ..auth.tokens import AccessToken
 from ..clock import utcnow
 from ..config import Config
@@ -25,7 +23,7 @@ from ..ingest.pipeline import Caller, Pipeline
 from ..jsonio import dumps
 from ..outcome import FhirError, Issue
 from ..search.registry import default_registry
-from . import http
+from . import http, throttle
 
 bp = Blueprint("ingest", __name__, url_prefix="/ingest")
 HL7_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "application/hl7-v2+er7"})
@@ -44,7 +42,7 @@ def _pipeline() -> Pipeline:
 
 @bp.before_request
 def _authenticate() -> None:
-    g.access_token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+    throttle.authenticated()
 
 
 def _caller(transport: str) -> Caller:

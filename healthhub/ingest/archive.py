@@ -6,6 +6,8 @@ fails is archived on its own, after its transaction rolled back, with the reason
 ever dropped without a row that says why, and such rows can be replayed
 (:mod:`healthhub.ingest.replay`). A streamed upload (a CSV file of any size) gets its row first,
 as ``received``, and its bytes in ``inbound_chunks`` as they are read.
+Final outcomes are counted for ``/metrics`` once their transaction commits (a rolled-back one
+is not counted: its payload is archived again, alone, with the outcome that holds).
 https://hl7.org/fhir/R4B/provenance.html names what the archive is for: where a record came from.
 """
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database
 from ..jsonio import cut as _cut
 from ..jsonio import storable
+from ..metrics import INGESTED
 from .models import InboundChunk, InboundMessage
 
 #: Outcomes a replay can take up again.
@@ -58,7 +61,10 @@ def add(session: Session, arrival: Arrival, outcome: str, now: datetime, detail:
                   control_id=_cut(arrival.control_id, 200), sha256=hashlib.sha256(data).hexdigest(), size=len(data),
                   payload=arrival.payload, outcome=outcome, detail=storable(detail),
                   processed_at=None if outcome == "received" else now, replay_of=arrival.replay_of)
-    return int(session.execute(insert(InboundMessage).values(**values).returning(InboundMessage.id)).scalar_one())
+    message_id = int(session.execute(insert(InboundMessage).values(**values).returning(InboundMessage.id)).scalar_one())
+    if outcome != "received":
+        _count(session, message_id, arrival.kind, outcome)
+    return message_id
 
 
 def add_alone(db: Database, arrival: Arrival, outcome: str, now: datetime, detail: Any = None) -> int:
@@ -73,7 +79,32 @@ def finish(session: Session, message_id: int, outcome: str, now: datetime, detai
     values: dict[str, Any] = dict(outcome=outcome, detail=storable(detail), processed_at=now)
     if digest is not None:
         values.update(sha256=digest[0], size=digest[1])
-    session.execute(update(InboundMessage).where(InboundMessage.id == message_id).values(**values))
+    kind = session.execute(update(InboundMessage).where(InboundMessage.id == message_id).values(**values)
+                           .returning(InboundMessage.kind)).scalar_one_or_none()
+    if kind is not None:
+        _count(session, message_id, kind, outcome)
+
+
+_PENDING = "healthhub.ingest.counted"
+
+
+def _count(session: Session, message_id: int, kind: str, outcome: str) -> None:
+    # By message: a row added and then finished in one transaction is one payload, with its last outcome.
+    session.info.setdefault(_PENDING, {})[message_id] = (kind, outcome)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    if session.in_nested_transaction():  # a SAVEPOINT released: the outer transaction may still roll back
+        return
+    for kind, outcome in session.info.pop(_PENDING, {}).values():
+        INGESTED.labels(kind, outcome).inc()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _rolled_back(session: Session, previous: Any) -> None:
+    if previous.parent is None:  # the whole transaction, not a SAVEPOINT inside it
+        session.info.pop(_PENDING, None)
 
 
 def add_chunk(session: Session, message_id: int, seq: int, data: bytes) -> None:

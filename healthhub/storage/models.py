@@ -194,3 +194,4 @@ from ..auth import models as _auth_models  # noqa: E402,F401
 from ..bulk import models as _bulk_models  # noqa: E402,F401
 from ..ingest import models as _ingest_models  # noqa: E402,F401
 from ..mpi import models as _mpi_models  # noqa: E402,F401
+from ..ratelimit import models as _ratelimit_models  # noqa: E402,F401

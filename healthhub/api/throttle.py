@@ -1,0 +1,49 @@
+"""Rate limits on the API (``HEALTHHUB_RATE_LIMIT`` requests per minute, healthhub/ratelimit.py):
+per client once its token is verified, per address for requests without a token (the token and
+sign-in endpoints, discovery). Over the limit: 429 with ``Retry-After`` and an OperationOutcome
+(code ``throttled``), as HAPI FHIR's and the cloud FHIR services' throttling answers.
+
+Operator endpoints (``/healthz``, ``/readyz``, ``/metrics``) and static files are not limited.
+"""
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from ..auth.bearer import authenticate
+from ..auth.service import auth_service
+from ..auth.tokens import AccessToken
+from ..config import Config
+from ..db import Database
+from ..outcome import FhirError, Issue
+from ..ratelimit.counters import Limiter, make_limiter
+
+EXEMPT = ("/healthz", "/readyz", "/metrics", "/static/")
+
+
+def init_app(app: Flask, config: Config, db: Database) -> None:
+    app.extensions["healthhub.limiter"] = make_limiter(db, config.rate_limit, config.redis_url)
+
+    @app.before_request
+    def _anonymous() -> None:
+        if "Authorization" not in request.headers and not request.path.startswith(EXEMPT):
+            charge(f"addr:{request.remote_addr or '-'}")
+
+
+def charge(key: str) -> None:
+    """Count this request against ``key``; 429 past the limit."""
+    limiter: Limiter | None = current_app.extensions.get("healthhub.limiter")
+    if limiter is None:
+        return
+    verdict = limiter.check(key)
+    if not verdict.allowed:
+        raise FhirError(429, [Issue("error", "throttled", f"More than {verdict.limit} requests in a minute; "
+                                    f"retry in {verdict.retry_after} s")],
+                        {"Retry-After": str(verdict.retry_after)})
+
+
+def authenticated() -> AccessToken:
+    """The request's verified bearer token (else 401), counted against its client's limit."""
+    token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+    g.access_token = token
+    charge(f"client:{token.client_id}")
+    return token

@@ -1,0 +1,41 @@
+"""Prometheus metrics (https://prometheus.io/docs/instrumenting/exposition_formats/): requests by
+route and status with their latencies, and inbound payloads by kind and outcome.
+
+Every gunicorn worker is a process of its own; a scrape reaches one of them. So ``healthhub
+serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode: each process
+writes its samples to memory-mapped files there, and ``/metrics`` adds them up across the
+workers, dead ones included: counters never go backwards). Without it (tests, ``flask run``) the
+process's own registry answers. https://prometheus.github.io/client_python/multiprocess/
+
+Labels are bounded on purpose: the route is the URL rule (``/fhir/<rtype>/<rid>``), never the
+path, so no identifier of a patient ever becomes a label.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+REQUESTS = Counter("healthhub_http_requests", "HTTP requests answered, by method, route and status.",
+                   ["method", "route", "status"])
+LATENCY = Histogram("healthhub_http_request_duration_seconds", "Time to answer an HTTP request, by route.",
+                    ["method", "route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+INGESTED = Counter("healthhub_ingest_payloads", "Inbound payloads archived, by kind (hl7v2, csv, fhir) "
+                   "and outcome (stored, partial, rejected, failed, duplicate…), counted once committed.",
+                   ["kind", "outcome"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every process's metrics (or this process's), and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """gunicorn's ``child_exit``: fold a dead worker's live samples away (multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,1 @@
+"""Rate limits shared by every process: counters in Redis or the database (counters.py, models.py)."""

@@ -1,0 +1,79 @@
+"""Rate limits: per client once authenticated, per address before; 429 + Retry-After +
+OperationOutcome past the limit; counters shared by every process (the database, or Redis);
+operator endpoints never limited; a counter store that fails lets requests through."""
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+
+from healthhub.ratelimit.counters import DatabaseCounter, Limiter, RedisCounter
+from tests.conftest import issue_token
+
+
+def bearer(app: Any, client_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(app, 'system/*.rs', client_id=client_id)}"}
+
+
+def test_a_client_past_its_limit_gets_429_and_others_do_not(make_app: Any) -> None:
+    app = make_app(rate_limit=20)  # batch of 1: every hit is written (limit // 20)
+    web = app.test_client()
+    busy, quiet = bearer(app, "busy-system"), bearer(app, "quiet-system")
+    codes = [web.get("/fhir/Patient", headers=busy).status_code for _ in range(25)]
+    assert codes[:20] == [200] * 20 and set(codes[20:]) == {429}
+    refused = web.get("/fhir/Patient", headers=busy)
+    assert refused.get_json()["issue"][0]["code"] == "throttled"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert web.get("/fhir/Patient", headers=quiet).status_code == 200
+    for path in ("/healthz", "/readyz"):
+        assert all(web.get(path).status_code == 200 for _ in range(25))  # operator endpoints: no limit
+
+
+def test_requests_without_a_token_are_limited_by_address(make_app: Any) -> None:
+    app = make_app(rate_limit=20)
+    web = app.test_client()
+    codes = [web.get("/fhir/metadata", environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code for _ in range(22)]
+    assert codes.count(200) == 20 and codes[-1] == 429
+    assert web.get("/fhir/metadata", environ_base={"REMOTE_ADDR": "203.0.113.10"}).status_code == 200
+
+
+def test_two_processes_share_the_database_counters(make_app: Any) -> None:
+    """Two apps on one database stand for two gunicorn workers: the limit is for them together."""
+    first, second = make_app(rate_limit=20), make_app(rate_limit=20)  # batch of 1: exact
+    headers = bearer(first, "shared-system")
+    codes = []
+    for i in range(24):
+        codes.append((first if i % 2 else second).test_client().get("/fhir/Patient", headers=headers).status_code)
+    assert codes.count(200) == 20 and codes.count(429) == 4
+
+
+def test_the_database_counter_batches_its_writes_but_keeps_the_total(make_app: Any) -> None:
+    app = make_app()
+    db = app.extensions["healthhub.db"]
+    one, two = DatabaseCounter(db, batch=10), DatabaseCounter(db, batch=10)
+    window = 1_800_000_000
+    for _ in range(25):
+        one.hit("client:a", window)
+    for _ in range(10):
+        two.hit("client:a", window)
+    # `two` wrote its 10 with one's 20 already written: it sees 30; one's 5 are still local.
+    assert two.hit("client:a", window) == 31
+    assert one.hit("client:a", window) >= 26
+
+
+def test_redis_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr("redis.Redis.from_url", lambda *_a, **_k: fakeredis.FakeRedis(server=server))
+    first, second = Limiter(RedisCounter("redis://x"), 3), Limiter(RedisCounter("redis://x"), 3)
+    verdicts = [(first if i % 2 else second).check("client:r", now=1_800_000_010.0).allowed for i in range(5)]
+    assert verdicts == [True, True, True, False, False]
+    assert first.check("client:r", now=1_800_000_070.0).allowed  # the next minute
+
+
+def test_a_failing_counter_store_lets_requests_through() -> None:
+    class Broken:
+        def hit(self, key: str, window: int) -> int:
+            raise ConnectionError("redis is away")
+
+    assert Limiter(Broken(), 1).check("client:x").allowed
