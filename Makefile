@@ -9,11 +9,14 @@ PYTEST_ARGS ?=
 # `make bench`: ingest, HTTP latency at two scales and EXPLAIN plans, on SQLite and PostgreSQL
 # (BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test), then the hospital-ingest
 # benchmark (HL7 v2 over MLLP, a CSV case-report file, patient matching: bench/hospital.py, its
-# options in HOSPITAL_ARGS, e.g. --csv-rows 100000), then the statistics benchmark; see bench/RESULTS.md.
+# options in HOSPITAL_ARGS, e.g. --csv-rows 100000), then the statistics and export benchmark, then the
+# load benchmark; see bench/RESULTS.md.
 BENCH_ARGS ?= --db both --scales 10000,100000
 HOSPITAL_ARGS ?= --db postgres
 # bench/stats.py: grouped counts over 100k and 1M generated Observations (issue 6's target: ≤ 1 s).
 STATS_ARGS ?= --db postgres
+# bench/load.py: a 60/30/10 read/write/public-health mix at 1M resources with 1, 2 and 4 workers.
+LOAD_ARGS ?=
 
 .PHONY: run test install lint clean bench
 
@@ -45,6 +48,7 @@ bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/hospital.py $(HOSPITAL_ARGS)
 	$(BIN)/python bench/stats.py $(STATS_ARGS)
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

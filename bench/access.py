@@ -15,10 +15,10 @@ KEY_FILE = Path(tempfile.gettempdir()) / f"healthhub-bench-{os.getpid()}" / "sig
 SCOPE = "system/*.cruds"
 
 
-def bearer(base_url: str) -> str:
+def bearer(base_url: str, scope: str = SCOPE, client_id: str = "bench") -> str:
     """``Bearer …`` for the hub at ``base_url`` (``http://host:port``), valid for 12 hours."""
     service = TokenService(KeyRing(KEY_FILE), issuer=base_url, audience=f"{base_url}/fhir")
-    return "Bearer " + service.issue(client_id="bench", subject="bench", scope=SCOPE, lifetime=12 * 3600)
+    return "Bearer " + service.issue(client_id=client_id, subject=client_id, scope=scope, lifetime=12 * 3600)
 
 
 def cleanup() -> None:

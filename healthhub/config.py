@@ -42,7 +42,8 @@ class Config:
     #: Requests per minute per client (per address before authentication); 0: no limit. The
     #: default (100 a second) is above what one hospital's interface engine sends.
     rate_limit: int = 6000
-    #: Redis for the rate-limit counters (shared by every process); empty: the database.
+    #: Redis for the rate-limit counters and token revocations (shared by every process, at once);
+    #: empty: the database.
     redis_url: str = ""
 
     @classmethod

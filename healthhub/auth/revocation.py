@@ -4,12 +4,18 @@ Access tokens are verified without a database read (CONTRACT §5): each process 
 of revoked, unexpired ``jti`` in memory and re-reads it at most every ``REFRESH_EVERY`` seconds
 (a revocation made by this process counts at once; one made by another process within that
 delay). Rows go once their token has expired anyway (:mod:`.expiry`). https://www.rfc-editor.org/rfc/rfc7009
+
+With ``HEALTHHUB_REDIS_URL`` a revocation is also written to Redis (a key that expires with the
+token) and every check asks Redis first, so a revocation counts in every process at once; when
+Redis cannot be reached the check falls back to the database list above.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,11 +26,17 @@ from ..db import Database
 from .models import RevokedToken
 
 REFRESH_EVERY = 5.0
+log = logging.getLogger("healthhub.auth")
 
 
 class RevocationList:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, redis_url: str = "") -> None:
         self.db = db
+        self.redis: Any = None
+        if redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._lock = threading.Lock()
         self._jtis: frozenset[str] = frozenset()
         self._local: set[str] = set()
@@ -32,6 +44,12 @@ class RevocationList:
 
     def __call__(self, jti: str) -> bool:
         """Whether the token ``jti`` is revoked."""
+        if self.redis is not None:
+            try:
+                if self.redis.exists(_key(jti)):
+                    return True
+            except Exception:  # Redis away: the database's list still answers (within its delay)
+                log.warning("revocation check: Redis unavailable; using the database's list")
         if time.monotonic() - self._read_at > REFRESH_EVERY:
             self._refresh()
         return jti in self._jtis or jti in self._local
@@ -47,6 +65,11 @@ class RevocationList:
             pass  # revoked before
         with self._lock:
             self._local.add(jti)
+        if self.redis is not None:
+            try:  # before the commit: a rollback leaves a token revoked that need not be — never the reverse
+                self.redis.set(_key(jti), b"1", exat=int(expires_at.timestamp()) + 1)
+            except Exception:
+                log.warning("revocation: Redis unavailable; other processes see it within %.0f s", REFRESH_EVERY)
 
     def _refresh(self) -> None:
         now = utcnow()
@@ -56,3 +79,7 @@ class RevocationList:
             self._jtis = jtis
             self._local -= jtis
             self._read_at = time.monotonic()
+
+
+def _key(jti: str) -> str:
+    return f"healthhub:revoked:{jti}"

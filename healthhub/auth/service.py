@@ -31,7 +31,7 @@ class AuthService:
 
 def init_app(app: Flask, config: Config, db: Database) -> AuthService:
     keys = KeyRing(config.signing_key)
-    revocations = RevocationList(db)
+    revocations = RevocationList(db, config.redis_url)
     tokens = TokenService(keys, issuer=config.base_url, audience=config.fhir_base, revoked=revocations)
 
     def revoke_access(jti: str, expires_at: datetime) -> None:

@@ -77,3 +77,4 @@ def test_a_failing_counter_store_lets_requests_through() -> None:
             raise ConnectionError("redis is away")
 
     assert Limiter(Broken(), 1).check("client:x").allowed
+
