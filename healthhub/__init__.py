@@ -27,6 +27,12 @@ def create_app(config: Any = None) -> Any:
 
     cfg: Config = config if config is not None else Config.from_env()
     app = Flask(__name__, instance_relative_config=False)
+    if cfg.proxy_hops:
+        # Behind load balancers: trust exactly that many X-Forwarded-For/-Proto hops, no more
+        # (https://werkzeug.palletsprojects.com/en/stable/middleware/proxy_fix/).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.proxy_hops, x_proto=cfg.proxy_hops)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body
     app.config["HEALTHHUB"] = cfg
     app.json.sort_keys = False  # type: ignore[attr-defined]

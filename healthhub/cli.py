@@ -98,7 +98,26 @@ def db_upgrade(revision: str) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the hub (gunicorn where available, else the Werkzeug server)."""
-    from . import create_app, migrate
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    # Prometheus samples of every worker, added up by /metrics (healthhub/metrics.py). Set before
+    # anything imports prometheus_client: it picks its storage at import. Removed when the master
+    # exits, unless the operator chose the folder.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = tempfile.mkdtemp(prefix="healthhub-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        master = os.getpid()
+
+        def remove_metrics() -> None:
+            if os.getpid() == master:  # workers run atexit too: only the master removes it
+                shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(remove_metrics)
+
+    from . import create_app, logs, metrics, migrate
 
     cfg = _config()
     database = _database(cfg)
@@ -125,14 +144,6 @@ def serve(host: str, port: int, workers: int) -> None:
         create_app(cfg).run(host=host, port=port, threaded=True)
         return
 
-    import os
-    import tempfile
-
-    from . import logs, metrics
-
-    # Prometheus samples of all the workers, added up by /metrics (healthhub/metrics.py); set
-    # before any worker imports prometheus_client.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="healthhub-metrics-"))
     formatter = {"()": logs.JsonFormatter} if cfg.log_format == "json" else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
 
     class _Gunicorn(BaseApplication):

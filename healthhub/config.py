@@ -42,6 +42,10 @@ class Config:
     #: Requests per minute per client (per address before authentication); 0: no limit. The
     #: default (100 a second) is above what one hospital's interface engine sends.
     rate_limit: int = 6000
+    #: Reverse proxies (load balancers) in front of the hub whose ``X-Forwarded-For`` and
+    #: ``X-Forwarded-Proto`` are trusted: the client address (audit, access log, per-address rate
+    #: limit) is taken that many hops back. 0: the connection's own address (no proxy is trusted).
+    proxy_hops: int = 0
     #: Redis for the rate-limit counters and token revocations (shared by every process, at once);
     #: empty: the database.
     redis_url: str = ""
@@ -69,6 +73,7 @@ class Config:
                                if o.strip()),
             rate_limit=_int(env, "HEALTHHUB_RATE_LIMIT", d.rate_limit),
             redis_url=env.get("HEALTHHUB_REDIS_URL", d.redis_url),
+            proxy_hops=_int(env, "HEALTHHUB_PROXY_HOPS", d.proxy_hops),
         )
         return replace(cfg, **overrides) if overrides else cfg
 

@@ -1,6 +1,7 @@
 """The `healthhub` command, run in-process against the test database."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import orjson
@@ -215,7 +216,9 @@ def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, t
     base = f"http://127.0.0.1:{port}"
     # The public base URL stays the test app's (http://hub.test), which the token is issued for.
     env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url, "HEALTHHUB_BASE_URL": base_config.base_url,
-           "HEALTHHUB_SIGNING_KEY": base_config.signing_key, "HEALTHHUB_EXPORT_DIR": str(tmp_path / "exports")}
+           "HEALTHHUB_SIGNING_KEY": base_config.signing_key, "HEALTHHUB_EXPORT_DIR": str(tmp_path / "exports"),
+           "HEALTHHUB_METRICS_TOKEN": "scrape"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [str(Path(sys.executable).with_name("healthhub")), "serve", "--port", str(port), "--workers", "2"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     token = issue_token(app, "system/*.rs")
@@ -241,10 +244,23 @@ def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, t
         assert status.status_code == 200, status.text
         (output,) = status.json()["output"]
         ndjson = requests.get(output["url"].replace(base_config.base_url, base), headers=auth, timeout=10)
-        assert ndjson.status_code == 200 and b'"id":"served-export"' in ndjson.content
+        assert ndjson.status_code == 200
+        assert [json.loads(line)["id"] for line in ndjson.content.splitlines()] == ["served-export"]
+        # /metrics adds up what every worker counted (prometheus_client's multiprocess mode).
+        for _ in range(6):
+            assert requests.get(f"{base}/fhir/metadata", timeout=10).status_code == 200
+        scraped = requests.get(f"{base}/metrics", headers={"Authorization": "Bearer scrape"}, timeout=10).text
+        metadata = [line for line in scraped.splitlines()
+                    if line.startswith("healthhub_http_requests_total{") and 'route="/fhir/metadata"' in line]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in metadata) == 6
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+    # Structured logs: the access log is JSON with the request id, the route, never the query.
+    access = [json.loads(line) for line in out.decode().splitlines()
+              if line.startswith("{") and '"healthhub.access"' in line]
+    assert any(a["route"] == "/bulk/status/<job_id>" and a["status"] == 200 for a in access), access[:3]
+    assert all(a["request_id"] != "-" and "_type=Patient" not in json.dumps(a) for a in access)
 
 
 def test_worker_once_runs_the_waiting_export_jobs(cli, client, monkeypatch, tmp_path):

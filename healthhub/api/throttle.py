@@ -25,8 +25,18 @@ def init_app(app: Flask, config: Config, db: Database) -> None:
 
     @app.before_request
     def _anonymous() -> None:
-        if "Authorization" not in request.headers and not request.path.startswith(EXEMPT):
-            charge(f"addr:{request.remote_addr or '-'}")
+        # Without a bearer token (none, or client credentials in Basic on the token endpoint):
+        # by address. A bearer token is counted against its client once verified (below).
+        if not request.path.startswith(EXEMPT) and not _has_bearer():
+            charge(_by_address())
+
+
+def _has_bearer() -> bool:
+    return request.headers.get("Authorization", "").strip().lower().startswith("bearer ")
+
+
+def _by_address() -> str:
+    return f"addr:{request.remote_addr or '-'}"
 
 
 def charge(key: str) -> None:
@@ -43,7 +53,11 @@ def charge(key: str) -> None:
 
 def authenticated() -> AccessToken:
     """The request's verified bearer token (else 401), counted against its client's limit."""
-    token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+    try:
+        token = authenticate(request.headers.get("Authorization"), auth_service().tokens)
+    except FhirError:
+        charge(_by_address())  # guessing tokens costs the guesser's address, not a client's budget
+        raise
     g.access_token = token
     charge(f"client:{token.client_id}")
     return token

@@ -177,6 +177,8 @@ def cancel(session: Session, job: ExportJob, export_dir: Path) -> None:
     """Mark the job cancelled and remove its files (a worker running it stops at its next page)."""
     job.status = "cancelled"
     job.progress = "cancelled"
+    # Forgotten at the worker's next clean-up (nothing is left to serve: its status answers 404).
+    job.expires_at = job.created_at
     session.execute(delete(ExportFile).where(ExportFile.job_id == job.id))
     remove_files(export_dir, job.id)
 

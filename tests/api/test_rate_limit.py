@@ -78,3 +78,24 @@ def test_a_failing_counter_store_lets_requests_through() -> None:
 
     assert Limiter(Broken(), 1).check("client:x").allowed
 
+
+
+def test_bad_tokens_and_basic_credentials_count_against_the_address(make_app: Any) -> None:
+    app = make_app(rate_limit=20)
+    web = app.test_client()
+    addr = {"REMOTE_ADDR": "198.51.100.7"}
+    forged = [web.get("/fhir/Patient", headers={"Authorization": "Bearer not-a-token"}, environ_base=addr).status_code
+              for _ in range(12)]
+    basic = [web.post("/auth/token", data={"grant_type": "client_credentials"}, environ_base=addr,
+                      headers={"Authorization": "Basic Zm9vOmJhcg=="}).status_code for _ in range(10)]
+    assert set(forged) == {401} and basic[:8] != [429] * 8 and basic[-1] == 429
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(make_app: Any) -> None:
+    app = make_app(rate_limit=20, proxy_hops=1)
+    web = app.test_client()
+    lb = {"REMOTE_ADDR": "10.0.0.2"}  # every request arrives from the load balancer
+    first = [web.get("/fhir/metadata", environ_base=lb, headers={"X-Forwarded-For": "203.0.113.1"}).status_code
+             for _ in range(21)]
+    other = web.get("/fhir/metadata", environ_base=lb, headers={"X-Forwarded-For": "203.0.113.2"})
+    assert first[-1] == 429 and other.status_code == 200
