@@ -41,12 +41,12 @@ def new_request_id(incoming: str | None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "message", "request_id", …extra fields, "exception"}``."""
+    """``{"ts", "level", "logger", "pid", "message", "request_id", …extra fields, "exception"}``."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname, "logger": record.name, "pid": record.process, "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
         doc.update({k: v for k, v in vars(record).items() if k not in _STANDARD and k != "request_id"
@@ -62,7 +62,7 @@ def configure(fmt: str, level: int = logging.INFO) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

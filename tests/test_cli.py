@@ -188,6 +188,9 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, output
     assert output.count("listening on") == 2
+    # Each listener process logs JSON (HEALTHHUB_LOG_FORMAT's default), with its own pid.
+    listening = [json.loads(line) for line in output.splitlines() if "listening on" in line]
+    assert len({record["pid"] for record in listening}) == 2
     # the second message re-sends the same report (same filler number): stored once, unchanged
     assert client.get("/fhir/DiagnosticReport").json["total"] == 1
     assert [(r.transport, r.outcome) for r in archived(app)] == [("mllp", "stored")] * 2

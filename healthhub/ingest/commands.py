@@ -141,10 +141,12 @@ def _listen(config: Config, host: str, port: int, idle_timeout: float, reuse_por
     """One listener process: its own database connections, the pipeline behind the server."""
     import logging
 
+    from .. import logs
     from .mllp import Frame, MllpServer
     from .pipeline import Caller
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # a listener process of --processes N: configure as `healthhub` does
+        logs.configure(config.log_format)
 
     database = Database(config)
     pipeline = _pipeline(database)
