@@ -11,7 +11,7 @@ members and of the records the MPI links to them (``Group.member.entity``, as in
 
 Lines are the stored JSON text as the database hands it out (``content`` cast to text: JSONB's
 text form on PostgreSQL, the stored compact text on SQLite), never parsed into Python and
-written again: parsing with exact decimals was three quarters of an export's time (bench/RESULTS.md,
+written again: parsing with exact decimals was half of an export's time (bench/RESULTS.md,
 seventh session). JSONB's text form escapes every control character, so a line holds no newline.
 """
 from __future__ import annotations
