@@ -18,7 +18,7 @@ STATS_ARGS ?= --db postgres
 # bench/load.py: a 60/30/10 read/write/public-health mix at 1M resources with 1, 2 and 4 workers.
 LOAD_ARGS ?=
 
-.PHONY: run test install lint clean bench
+.PHONY: run test install lint clean bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `make fuzz`: tests/system/test_hostile_input.py with 2000 new random examples per fuzz test (make test runs 25, the same each time).
+fuzz: install
+	HEALTHHUB_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/system/test_hostile_input.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff==0.17.6 mypy==2.4.1

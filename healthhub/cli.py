@@ -160,6 +160,10 @@ def serve(host: str, port: int, workers: int) -> None:
                 "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
                 "root": {"handlers": ["stderr"], "level": "INFO"}})
             self.cfg.set("timeout", 120)
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn ≥ 27's control socket lives at one path per user ($HOME/.gunicorn/):
+                # two hubs (or a hub and a test) on one host would share it. The hub does not use it.
+                self.cfg.set("control_socket_disable", True)
             self.cfg.set("post_worker_init", export_worker)  # after the fork: a thread per worker
             self.cfg.set("child_exit", lambda _arbiter, worker: metrics.process_exited(worker.pid))
 

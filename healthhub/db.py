@@ -18,6 +18,11 @@ from . import jsonio
 from .audit.chain import sha256_hex
 from .config import Config
 
+#: Seconds to establish a PostgreSQL connection (a LAN needs milliseconds) before giving up. A
+#: request may try up to three times during an outage (token revocations, rate-limit counter,
+#: its own work; HL7's archive after a failure): 3 s keeps its 503 or AE within ~10 s.
+CONNECT_TIMEOUT = 3
+
 
 def make_engine(config: Config) -> Engine:
     """Create the engine for ``config.database_url`` (the SQLite folder is created if missing)."""
@@ -29,6 +34,8 @@ def make_engine(config: Config) -> Engine:
         "json_serializer": jsonio.dumps_str,
         "json_deserializer": jsonio.loads,
         "future": True,
+        # A logged database error shows the SQL, never its parameters: they are patient data.
+        "hide_parameters": True,
     }
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -40,6 +47,12 @@ def make_engine(config: Config) -> Engine:
         # small stays bad after it grows (a 1000x slowdown seen when loading Synthea), and
         # prepared statements do not survive PgBouncer's transaction pooling.
         options["connect_args"] = {"prepare_threshold": None}
+        if "connect_timeout" not in url.query:
+            # A database that takes the TCP connection and never answers (a hung server, an outage
+            # behind a proxy or load balancer) held each request for libpq's default of 130 s, past
+            # gunicorn's worker timeout; with a bound the request gets its 503 in time
+            # (tests/system/test_outage.py). The URL may set another: …?connect_timeout=N.
+            options["connect_args"]["connect_timeout"] = CONNECT_TIMEOUT
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

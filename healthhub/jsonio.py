@@ -5,7 +5,8 @@ https://hl7.org/fhir/R4B/datatypes.html#decimal), so decimals are parsed as ``De
 written back verbatim. A request body is parsed once, by the standard library's C scanner with
 ``Decimal`` floats, under the rules orjson would apply: strict UTF-8, no lone surrogates (escaped
 ones are checked by orjson, only when the text contains a surrogate escape), no ``NaN`` or
-``Infinity``, bounded nesting (the scanner's recursion limit). Parsing twice — orjson as a check,
+``Infinity``, bounded nesting (the scanner's recursion limit); and numbers within what both
+databases store (:data:`MAX_EXPONENT`, :data:`MAX_LENGTH`). Parsing twice — orjson as a check,
 then the scanner — was 9 % of a transaction Bundle's CPU time (bench/RESULTS.md, fourth session).
 """
 from __future__ import annotations
@@ -47,13 +48,41 @@ def parse_json(data: bytes) -> Any:
         except orjson.JSONDecodeError as exc:
             raise _bad(str(exc)) from None
     try:
-        return json.loads(text, parse_float=Decimal, parse_int=_int, parse_constant=_constant)
+        return json.loads(text, parse_float=_number, parse_int=_checked_int, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise _bad(str(exc)) from None
     except RecursionError:
         raise _bad("it is nested too deeply") from None
+    except _OutOfRange as exc:
+        raise FhirError(400, [Issue("error", "value", f"The body holds the number {exc.args[0][:40]}, out of range: "
+                                    f"numbers may be {MAX_LENGTH} characters long and have a magnitude between "
+                                    f"1e-{MAX_EXPONENT} and 1e{MAX_EXPONENT}")]) from None
     except ValueError as exc:  # NaN / Infinity
         raise _bad(str(exc)) from None
+
+
+#: Bounds of a JSON number in a request body. PostgreSQL's numeric, JSONB's number type, holds
+#: no more than 131072 digits before the point and 16383 after: 1e999999999 or 0.(20000 zeros)1
+#: answered 500 there ("value overflows numeric format") and 201 on SQLite. It also writes
+#: 1E+100000 out in full, 100001 digits on every read. A double, which the search index compares
+#: numbers as, spans 1e-308..1e308; clinical values need a few digits.
+MAX_EXPONENT = 308
+MAX_LENGTH = 1000
+
+
+class _OutOfRange(ValueError):
+    """A number in a request body beyond :data:`MAX_EXPONENT` or :data:`MAX_LENGTH`."""
+
+
+def _number(text: str) -> Decimal:
+    value = Decimal(text)
+    if len(text) <= MAX_LENGTH and -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        return value
+    raise _OutOfRange(text)
+
+
+def _checked_int(text: str) -> int | Decimal:
+    return int(text) if len(text) < 19 else _number(text)
 
 
 def _bad(why: str) -> FhirError:

@@ -7,9 +7,11 @@ afterwards in a transaction of its own (:func:`record_failure`, an ``after_reque
 """
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlencode
 
 from flask import Response, current_app, g, request
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..audit.events import Happening, record
@@ -17,7 +19,11 @@ from ..auth.tokens import AccessToken
 from ..clock import utcnow
 from ..config import Config
 from ..db import Database
+from ..errors import outcome_response
+from ..outcome import Issue, aborted_for_concurrency
 from ..storage.repository import Repository
+
+log = logging.getLogger("healthhub")
 
 #: (endpoint, method) → (restful-interaction code, AuditEvent.action)
 _BY_METHOD = {
@@ -53,11 +59,43 @@ def record_failure(response: Response) -> Response:
     """``after_request`` of the FHIR blueprint: the requests not recorded by their transaction."""
     if g.get("audited") or not enabled() or request.endpoint in ("fhir.metadata", None):
         return response
+    if response.status_code == 503:
+        # The request found the database unreachable (errors.py): trying again to write its
+        # record would hold the worker for another connect timeout, and fail.
+        g.audited = True
+        log.warning("audit record not written, the database is unavailable: %s %s -> 503",
+                    request.method, route())
+        return response
     db: Database = current_app.extensions["healthhub.db"]
-    with db.transaction() as session:
-        record(session, happening(response.status_code, [], g.get("audit_detail")), utcnow())
+    try:
+        with db.transaction() as session:
+            record(session, happening(response.status_code, [], g.get("audit_detail")), utcnow())
+    except DBAPIError as exc:
+        if not unreachable(exc):
+            raise
+        # The database is away (the request most likely got its 503 for that already): the record
+        # cannot be written. Raising here turned every answer during an outage into a 500
+        # (tests/system/test_outage.py). An error answer stands: it disclosed and changed nothing.
+        # A successful one (a search on the read replica) is withheld: no access without its record.
+        g.audited = True
+        log.warning("audit record not written, the database is unavailable: %s %s -> %s",
+                    request.method, route(), response.status_code)
+        if response.status_code < 400:
+            return outcome_response(503, [Issue("error", "transient", "The database is unavailable; retry later")],
+                                    {"Retry-After": "5"})
+        return response
     g.audited = True
     return response
+
+
+def route() -> str:
+    """The request's URL rule, for logs: never the path, whose ids and query are patient data."""
+    return request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+
+
+def unreachable(exc: DBAPIError) -> bool:
+    """Whether a database error means the database cannot be reached (as ``errors.py`` answers 503)."""
+    return isinstance(exc, OperationalError) and not aborted_for_concurrency(exc) or exc.connection_invalidated
 
 
 def happening(status: int, touched: list[str], detail: str | None = None) -> Happening:

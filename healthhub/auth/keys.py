@@ -56,8 +56,12 @@ class KeyRing:
 
     # -- verifying ---------------------------------------------------------------------------
 
-    def verification_key(self, kid: str | None) -> RSAKey | None:
+    def verification_key(self, kid: object) -> RSAKey | None:
         """The public key named ``kid`` (current or retired), or None."""
+        if kid is not None and not isinstance(kid, str):
+            # ``kid`` comes from a token's unverified header: a JSON list or object there was
+            # looked up in the key dict and raised TypeError (unhashable), a 500 instead of a 401.
+            return None
         self.current()
         with self._lock:
             key = self._public.get(kid or "")

@@ -159,6 +159,11 @@ class TokenService:
         for name in ("iss", "aud", "sub", "client_id", "jti", "iat", "exp", "scope"):
             if name not in claims:
                 raise InvalidToken(f"The access token has no {name!r} claim")
+        for name in ("iss", "sub", "client_id", "jti", "scope", "patient", "fhirUser", "organization"):
+            # This server writes these as strings; another JSON type (a forged token, a bug) went on
+            # into SQL: a "patient" list made an export kick-off fail with a 500 (test_hostile_input).
+            if name in claims and not isinstance(claims[name], str):
+                raise InvalidToken(f"The access token's {name!r} claim is not a string")
         if claims["iss"] != self.issuer:
             raise InvalidToken("The access token was issued by another server")
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]

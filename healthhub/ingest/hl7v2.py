@@ -229,6 +229,9 @@ def _message_lines(data: bytes) -> tuple[list[list[str]], str]:
     if not lines:
         raise Rejected("100", "The message is empty")
     messages = _messages(lines)
+    if not messages:  # only batch/file envelope segments: an IndexError here was a 500 (test_hostile_input)
+        envelopes = ", ".join(dict.fromkeys(line[:3] for line in lines))
+        raise Rejected("100", f"The batch holds no message, only {envelopes} envelope segments", segment=lines[0][:3])
     first = messages[0][0]
     if not first.startswith("MSH"):
         what = "a batch" if lines[0][:3] in _ENVELOPE else "the message"

@@ -311,6 +311,12 @@ class Pipeline:
         except csv_reports.HeaderError as exc:
             self._finish_alone(message_id, tee, seq, "rejected", now, {"profile": profile.name, "error": exc.message})
             raise
+        except UploadTooLarge as exc:
+            # Refused, not failed: it was logged as a failure with a traceback, and reading the rest
+            # for the archive hit the limit again, so the upload stayed "received" for ever.
+            self._finish_alone(message_id, tee, seq, "rejected", now, {"profile": profile.name, "error": str(exc),
+                                                                       **_report_detail(report)}, rest=False)
+            raise
         except Exception as exc:
             log.exception("CSV upload %s failed", message_id)
             self._finish_alone(message_id, tee, seq, "failed", now, {"profile": profile.name, "error": repr(exc)[:500],
@@ -419,11 +425,12 @@ class Pipeline:
         return lookup
 
     def _finish_alone(self, message_id: int, tee: _Tee, seq: int, outcome: str, now: datetime,
-                      detail: dict[str, Any]) -> None:
-        """Archive what is left of the upload and its outcome after a failure."""
+                      detail: dict[str, Any], *, rest: bool = True) -> None:
+        """Archive what is left of the upload (what was read; with ``rest``, also what was not)
+        and its outcome after a failure."""
         try:
             with self.db.transaction() as session:
-                for chunk in [*tee.take(), *tee.rest()]:
+                for chunk in [*tee.take(), *(tee.rest() if rest else ())]:
                     archive.add_chunk(session, message_id, seq, chunk)
                     seq += 1
                 archive.finish(session, message_id, outcome, now, detail, digest=tee.digest.value())
@@ -492,6 +499,11 @@ class Pipeline:
             archive.add_alone(self.db, arrival, outcome, now, detail)
         except Exception:
             log.exception("could not archive a %s payload after a failure", arrival.kind)
+
+
+class UploadTooLarge(Exception):
+    """The upload's stream stopped at the transport's size limit (a chunked HTTP upload past
+    HEALTHHUB_MAX_BODY): the client's error, refused; the stream cannot be read any further."""
 
 
 class _Duplicate(Exception):

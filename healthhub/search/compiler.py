@@ -419,12 +419,12 @@ def _composite_reference(col: Mapping[str, Col[Any]], v: Value) -> ColumnElement
 def _composite_quantity(col: Mapping[str, Col[Any]], v: QuantityValue) -> ColumnElement[bool]:
     canon = ucum.canonical(v.value, v.code) if v.code else None
     if canon is not None:
-        return and_(number_condition(col["num"], v.prefix, canon[0]), col["code"] == canon[1])
+        return and_(number_condition(col["num"], v.prefix, canon[0]), col["code"] == clip(canon[1], MAX_CODE))
     conds = [number_condition(col["num"], v.prefix, v.value)]
-    if v.code is not None:
-        conds.append(col["code"] == v.code)
+    if v.code is not None:  # clipped as the index rows are (search/store.py)
+        conds.append(col["code"] == clip(v.code, MAX_CODE))
     if v.system is not None:
-        conds.append(col["system"] == v.system)
+        conds.append(col["system"] == clip(v.system, MAX_CODE))
     return and_(*conds)
 
 
@@ -516,15 +516,16 @@ def quantity_condition(value_col: Col[Any], system_col: Col[Any], code_col: Col[
                        canon_code_col: Col[Any], v: QuantityValue) -> ColumnElement[bool]:
     """As given (value + system/code), or after UCUM canonicalisation on both sides."""
     conds = [number_condition(value_col, v.prefix, v.value)]
-    if v.code is not None:
-        conds.append(code_col == v.code)
+    if v.code is not None:  # clipped as the index rows are (search/store.py)
+        conds.append(code_col == clip(v.code, MAX_CODE))
     if v.system is not None:
-        conds.append(system_col == v.system)
+        conds.append(system_col == clip(v.system, MAX_CODE))
     as_given = and_(*conds)
     canon = ucum.canonical(v.value, v.code) if v.code else None
     if canon is None:
         return as_given
-    return or_(as_given, and_(canon_code_col == canon[1], number_condition(canon_value_col, v.prefix, canon[0])))
+    return or_(as_given, and_(canon_code_col == clip(canon[1], MAX_CODE),
+                              number_condition(canon_value_col, v.prefix, canon[0])))
 
 
 def uri_condition(col: Col[Any], modifier: str | None, text: str) -> ColumnElement[bool]:

@@ -66,7 +66,7 @@ _TERMINOLOGY_MODIFIERS = frozenset({"in", "not-in", "above", "below"})  # need a
 
 # https://hl7.org/fhir/R4B/search.html#all — defined by FHIR, not implemented here.
 _UNSUPPORTED = frozenset({"_text", "_content", "_list", "_query", "_filter", "_contained", "_containedType"})
-_IGNORED = frozenset({"_format", "_pretty", "_type"})  # handled by the HTTP layer
+_IGNORED = frozenset({"_format", "_pretty"})  # handled by the HTTP layer
 _SINGLE = frozenset({"_count", "_sort", "_summary", "_total", "_elements", "_cursor"})  # at most once
 _SUMMARY = ("true", "text", "data", "count", "false")  # https://hl7.org/fhir/R4B/search.html#summary
 _TOTAL = ("none", "estimate", "accurate")  # https://hl7.org/fhir/R4B/search.html#total
@@ -178,6 +178,9 @@ def _parse_pair(ctx: _Context, name: str, raw: str) -> None:
     base = name.split(":", 1)[0]
     if base in _IGNORED:
         return
+    if base == "_type":
+        _type_filter(ctx, name, raw)
+        return
     if base in _UNSUPPORTED:
         raise _unsupported(f"Search parameter {base} is not supported by this server", name)
     if base in _SINGLE:
@@ -198,6 +201,23 @@ def _parse_pair(ctx: _Context, name: str, raw: str) -> None:
         return
     _check_modifier(resolved, name)
     _add_clause(ctx, resolved, name, raw)
+
+
+def _type_filter(ctx: _Context, name: str, raw: str) -> None:
+    """``_type`` on a search of one type: the types to search, of which only the URL's can match
+    (https://hl7.org/fhir/R4B/search.html#_type). It used to be ignored, so ``Patient?_type=
+    Observation`` (or ``_type=' OR 1=1--``) found every Patient (tests/system/test_hostile_input.py)."""
+    if name != "_type":
+        raise invalid(f"_type takes no modifier (in {_show(name)})", [name])
+    if not raw.strip():
+        _ignore_empty(ctx, name)
+        return
+    types = [t.strip() for t in raw.split(",")]
+    unknown = next((t for t in types if not is_resource_type(t)), None)
+    if unknown is not None:
+        raise invalid(f"_type: {_show(unknown)} is not a resource type", [name])
+    if ctx.resource_type not in types:
+        ctx.request.ids.append(())  # an empty set of ids: no resource of this type is of those types
 
 
 def _unknown(ctx: _Context, name: str, why: str) -> None:

@@ -95,9 +95,13 @@ def _columns(row: Any) -> tuple[Table, dict[str, Any]] | None:
         value = to_float(row.value)
         if value is None:
             return None
-        return models.SearchQuantity, {"value": value, "system": row.system, "code": row.code,
+        # Clipped like every other indexed code: a long random unit code made PostgreSQL's btree
+        # on (code, value) refuse the row, and the write answered 500 (tests/system/test_hostile_input.py).
+        return models.SearchQuantity, {"value": value, "system": clip(row.system, MAX_CODE),
+                                       "code": clip(row.code, MAX_CODE),
                                        "canonical_value": to_float(row.canonical_value),
-                                       "canonical_code": row.canonical_code if row.canonical_value is not None else None}
+                                       "canonical_code": clip(row.canonical_code, MAX_CODE)
+                                       if row.canonical_value is not None else None}
     if isinstance(row, ix.UriRow):
         return models.SearchUri, {"uri": clip(row.uri, MAX_URI)}
     if isinstance(row, ix.CompositeRow):
@@ -126,7 +130,8 @@ def composite_part(part: Any) -> dict[str, Any] | None:
     if isinstance(part, ix.QuantityRow):
         value = to_float(part.canonical_value if part.canonical_value is not None else part.value)
         code = part.canonical_code if part.canonical_value is not None else part.code
-        return None if value is None else {"num": value, "system": part.system, "code": code}
+        return None if value is None else {"num": value, "system": clip(part.system, MAX_CODE),
+                                           "code": clip(code, MAX_CODE)}
     if isinstance(part, ix.DateRow):
         return {"low": part.low, "high": part.high}
     if isinstance(part, ix.UriRow):

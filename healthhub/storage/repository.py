@@ -231,7 +231,13 @@ class Repository:
                  if k not in _RESULT_PARAMS]
         if not pairs:
             raise invalid(f"Conditional criteria for {resource_type} are empty")
-        return parse(resource_type, pairs, default_registry(), strict=True)
+        req = parse(resource_type, pairs, default_registry(), strict=True)
+        if not (req.clauses or req.ids or req.last_updated):
+            # Criteria of nothing but parameters that select nothing (``_format:x=json``; ``_type``
+            # used to be one) matched every resource of the type: a conditional delete removed the
+            # only Organization (tests/system/test_hostile_input.py).
+            raise invalid(f"Conditional criteria for {resource_type} select nothing: give a search parameter")
+        return req
 
     def _statement(self, resource_type: str, req: Any) -> Select[Any]:
         from ..search.compiler import Compiler
