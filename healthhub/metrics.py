@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 
 REQUESTS = Counter("healthhub_http_requests", "HTTP requests answered, by method, route and status.",
                    ["method", "route", "status"])
@@ -26,13 +35,25 @@ INGESTED = Counter("healthhub_ingest_payloads", "Inbound payloads archived, by k
                    ["kind", "outcome"])
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition of every process's metrics (or this process's), and its content type."""
+def registry() -> CollectorRegistry:
+    """Every process's metrics (multiprocess mode), or this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of :func:`registry`, and its content type."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def serve_separately(host: str, port: int) -> None:
+    """Expose :func:`registry` on ``http://host:port/metrics`` from a thread of this process —
+    for ``healthhub mllp``, which has no web server of its own (its listener processes count
+    the HL7 v2 payloads they archive)."""
+    start_http_server(port, addr=host, registry=registry())
 
 
 def process_exited(pid: int) -> None:

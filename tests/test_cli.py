@@ -162,6 +162,8 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
     import time
     from pathlib import Path
 
+    import requests
+
     from healthhub.ingest.mllp import send
 
     assert cli("sender", "create", "--code", "HOSP-A", "--name", "A", "--timezone", "Asia/Bangkok").exit_code == 0
@@ -170,7 +172,12 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
         port = probe.getsockname()[1]
     env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url,
            "HEALTHHUB_SIGNING_KEY": base_config.signing_key}
-    command = [str(Path(sys.executable).with_name("healthhub")), "mllp", "--port", str(port), "--processes", "2"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [str(Path(sys.executable).with_name("healthhub")), "mllp", "--port", str(port), "--processes", "2",
+               "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         message = (DATA.parent.parent / "docs" / "examples" / "oru-r01-glucose.hl7").read_bytes()
@@ -183,6 +190,11 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
                 assert time.monotonic() < deadline, "the listener did not come up"
                 time.sleep(0.2)
         assert [a.split(b"\r")[1].split(b"|")[1] for a in acks] == [b"AA", b"AA"]
+        # The listener processes' counts, added up: the report stored once, then its duplicate.
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        payloads = {line.split("{", 1)[1].split("}")[0]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                    if line.startswith("healthhub_ingest_payloads_total{")}
+        assert sum(payloads.values()) == 2 and payloads.get('kind="hl7v2",outcome="stored"') == 2, payloads
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

@@ -127,14 +127,38 @@ def sender_disable(code: str) -> None:
               help="Listener processes sharing the port (SO_REUSEPORT, Linux): one per core.")
 @click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a connection may stay silent (or take for one message).")
-def mllp(host: str, port: int, processes: int, idle_timeout: float) -> None:
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics (payloads archived, by kind and outcome) on this port; 0: none.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address of the metrics port (it has no authentication: keep it on a management network).")
+def mllp(host: str, port: int, processes: int, idle_timeout: float, metrics_port: int, metrics_host: str) -> None:
     """Listen for HL7 v2 messages over MLLP; store each and answer its ACK."""
     config = _config()
     click.echo(f"HL7 v2 MLLP listener on {host}:{port}, {processes} process(es) (Ctrl+C stops)", err=True)
+    if metrics_port:
+        _serve_metrics(metrics_host, metrics_port, processes)
     if processes == 1:
         _listen(config, host, port, idle_timeout, reuse_port=False)
         return
     _listen_in_processes(config, host, port, idle_timeout, processes)
+
+
+def _serve_metrics(host: str, port: int, processes: int) -> None:
+    import shutil
+    import tempfile
+
+    from .. import metrics
+
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The listener processes are spawned (fresh interpreters): with this set before they start,
+        # each writes its samples to files here, and this process adds them up (healthhub/metrics.py).
+        folder = tempfile.mkdtemp(prefix="healthhub-mllp-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        import atexit
+
+        atexit.register(shutil.rmtree, folder, True)
+    metrics.serve_separately(host, port)
+    click.echo(f"Prometheus metrics on http://{host}:{port}/metrics", err=True)
 
 
 def _listen(config: Config, host: str, port: int, idle_timeout: float, reuse_port: bool) -> None:
