@@ -46,6 +46,7 @@ from healthhub.clock import utcnow
 from healthhub.config import PROJECT_ROOT, Config
 from healthhub.db import Database, make_engine
 from healthhub.ingest.mllp import END_BLOCK, START_BLOCK, FrameParser
+from tests.api.test_ingest_hl7 import facility  # noqa: F401  (re-exported to the system tests)
 from tests.conftest import DATA, new_database
 
 POSTGRES_URL = os.environ.get("HEALTHHUB_TEST_DATABASE_URL", "")
@@ -531,17 +532,6 @@ def hl7_fields(message: bytes) -> list[list[str]]:
     lines = [line for line in text_.split("\r") if line.strip()]
     fs = lines[0][3]
     return [line.split(fs) for line in lines]
-
-
-def facility(message: bytes) -> str:
-    """MSH-4.1, else MSH-3.1: the code the hub knows the sender by."""
-    msh = hl7_fields(message)[0]
-    component = msh[1][0]
-    for value in (msh[3] if len(msh) > 3 else "", msh[2]):
-        first = value.split(component)[0].strip()
-        if first:
-            return first
-    return ""
 
 
 def with_control_id(message: bytes, control_id: str) -> bytes:
