@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Table, delete
+from sqlalchemy import Connection, Table, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -30,6 +32,9 @@ from .models import RateLimitCounter
 
 log = logging.getLogger("healthhub.ratelimit")
 WINDOW = 60
+#: How long a counter write waits for SQLite's write lock, and the engine's usual wait (db.py).
+SQLITE_WAIT_MS = 200
+SQLITE_BUSY_MS = 30000
 
 
 class Counter(Protocol):
@@ -69,17 +74,28 @@ class DatabaseCounter:
 
     def hit(self, key: str, window: int) -> int:
         now = time.monotonic()
+        forget = None
         with self._lock:
             if window != self._window:  # a new minute: forget the old ones, here and in the table
                 self._local = {k: v for k, v in self._local.items() if k[1] >= window}
                 self._window = window
-                self._forget_before(window - WINDOW)
+                forget = window - WINDOW
             state = self._local.setdefault((key, window), _Local(written_at=now))
             state.pending += 1
-            if state.pending < self.batch and now - state.written_at < 1.0:
-                return state.known + state.pending
-            pending, state.pending, state.written_at = state.pending, 0, now
-        total = self._add(key, window, pending)
+            count = state.known + state.pending
+            due = state.pending >= self.batch or now - state.written_at >= 1.0
+            if due:
+                pending, state.pending, state.written_at = state.pending, 0, now
+        if forget is not None:  # outside the lock: other requests need not wait for it
+            self._forget_before(forget)
+        if not due:
+            return count
+        try:
+            total = self._add(key, window, pending)
+        except Exception:
+            with self._lock:
+                state.pending += pending  # written with the next batch
+            raise
         with self._lock:
             state.known = max(state.known, total)
             return state.known + state.pending
@@ -92,15 +108,32 @@ class DatabaseCounter:
         stmt = make(table).values(key=key, window=window, count=n)
         stmt = stmt.on_conflict_do_update(index_elements=["key", "window"],
                                           set_={"count": table.c.count + stmt.excluded.count})
-        with engine.begin() as conn:
+        with self._connection() as conn, conn.begin():
             return int(conn.execute(stmt.returning(table.c.count)).scalar_one())
 
     def _forget_before(self, window: int) -> None:
         try:
-            with self.db.engine.begin() as conn:
+            with self._connection() as conn, conn.begin():
                 conn.execute(delete(RateLimitCounter).where(RateLimitCounter.window < window))
         except Exception:
             log.warning("rate limit: could not remove old counters", exc_info=True)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A connection that waits at most ``SQLITE_WAIT_MS`` for SQLite's write lock: a long write
+        (a CSV upload, a 3 MB Bundle) holds it for seconds, and counting a request must not make
+        the request wait for it (the engine's own wait is 30 s). Past that wait the counter store
+        counts as unavailable: the request goes through (:meth:`Limiter.check`)."""
+        with self.db.engine.connect() as conn:
+            if conn.dialect.name != "sqlite":
+                yield conn
+                return
+            raw: Any = conn.connection.dbapi_connection
+            raw.execute(f"PRAGMA busy_timeout={SQLITE_WAIT_MS}")
+            try:
+                yield conn
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,31 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(make_app: Any) 
              for _ in range(21)]
     other = web.get("/fhir/metadata", environ_base=lb, headers={"X-Forwarded-For": "203.0.113.2"})
     assert first[-1] == 429 and other.status_code == 200
+
+
+def test_counting_never_waits_for_a_long_sqlite_write(make_app: Any) -> None:
+    """SQLite: a long write (a CSV upload, a big Bundle) holds the write lock for seconds. Counting
+    a request waits for it at most SQLITE_WAIT_MS, then lets the request through; the hit is
+    written with the next batch."""
+    import sqlite3
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    app = make_app()
+    db = app.extensions["healthhub.db"]
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single writer only")
+    limiter = Limiter(DatabaseCounter(db, batch=1), 100)
+    window_now = 1_800_000_000.0
+    assert limiter.check("client:w", now=window_now).remaining == 99
+    writer = sqlite3.connect(make_url(db.engine.url).database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+    try:
+        started = time.monotonic()
+        assert limiter.check("client:w", now=window_now).allowed
+        assert time.monotonic() - started < 10  # not the engine's 30 s wait
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert limiter.check("client:w", now=window_now).remaining == 97  # the held-back hit counted too
