@@ -35,7 +35,7 @@ from . import archive_hooks, audit_hooks, http, throttle
 from .capability import capability_statement, supports
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
-PUBLIC_ENDPOINTS = frozenset({"fhir.metadata"})
+PUBLIC_ENDPOINTS = throttle.PUBLIC_ENDPOINTS  # need no token (and are rate-limited by address)
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 _STARTED = instant(utcnow())

@@ -18,6 +18,9 @@ from ..outcome import FhirError, Issue
 from ..ratelimit.counters import Limiter, make_limiter
 
 EXEMPT = ("/healthz", "/readyz", "/metrics", "/static/")
+#: Blueprints whose every endpoint verifies a bearer token (:func:`authenticated`), but these.
+VERIFYING = frozenset({"fhir", "stats", "bulk", "ingest"})
+PUBLIC_ENDPOINTS = frozenset({"fhir.metadata"})
 
 
 def init_app(app: Flask, config: Config, db: Database) -> None:
@@ -25,14 +28,16 @@ def init_app(app: Flask, config: Config, db: Database) -> None:
 
     @app.before_request
     def _anonymous() -> None:
-        # Without a bearer token (none, or client credentials in Basic on the token endpoint):
-        # by address. A bearer token is counted against its client once verified (below).
-        if not request.path.startswith(EXEMPT) and not _has_bearer():
+        # A request whose bearer token will be verified is counted against its client then
+        # (below); every other one — no token, Basic credentials on the token endpoint, any
+        # header at all on an endpoint that reads none — against its address, now.
+        if not request.path.startswith(EXEMPT) and not _verified_later():
             charge(_by_address())
 
 
-def _has_bearer() -> bool:
-    return request.headers.get("Authorization", "").strip().lower().startswith("bearer ")
+def _verified_later() -> bool:
+    return (request.headers.get("Authorization", "").strip().lower().startswith("bearer ")
+            and request.blueprint in VERIFYING and request.endpoint not in PUBLIC_ENDPOINTS)
 
 
 def _by_address() -> str:

@@ -127,3 +127,12 @@ def test_counting_never_waits_for_a_long_sqlite_write(make_app: Any) -> None:
         writer.execute("ROLLBACK")
         writer.close()
     assert limiter.check("client:w", now=window_now).remaining == 97  # the held-back hit counted too
+
+
+def test_a_bearer_header_on_an_endpoint_that_reads_none_counts_against_the_address(make_app: Any) -> None:
+    app = make_app(rate_limit=20)
+    web = app.test_client()
+    junk = {"Authorization": "Bearer anything"}
+    codes = [web.get(path, headers=junk, environ_base={"REMOTE_ADDR": "192.0.2.44"}).status_code
+             for path in ["/fhir/metadata", "/.well-known/smart-configuration"] * 11]
+    assert codes.count(429) == 2 and codes[:20].count(200) == 20
