@@ -8,6 +8,7 @@ afterwards in a transaction of its own (:func:`record_failure`, an ``after_reque
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from flask import Response, current_app, g, request
@@ -59,33 +60,33 @@ def record_failure(response: Response) -> Response:
     """``after_request`` of the FHIR blueprint: the requests not recorded by their transaction."""
     if g.get("audited") or not enabled() or request.endpoint in ("fhir.metadata", None):
         return response
-    if response.status_code == 503:
-        # The request found the database unreachable (errors.py): trying again to write its
-        # record would hold the worker for another connect timeout, and fail.
-        g.audited = True
-        log.warning("audit record not written, the database is unavailable: %s %s -> 503",
-                    request.method, route())
-        return response
-    db: Database = current_app.extensions["healthhub.db"]
-    try:
-        with db.transaction() as session:
-            record(session, happening(response.status_code, [], g.get("audit_detail")), utcnow())
-    except DBAPIError as exc:
-        if not unreachable(exc):
-            raise
-        # The database is away (the request most likely got its 503 for that already): the record
-        # cannot be written. Raising here turned every answer during an outage into a 500
-        # (tests/system/test_outage.py). An error answer stands: it disclosed and changed nothing.
-        # A successful one (a search on the read replica) is withheld: no access without its record.
-        g.audited = True
-        log.warning("audit record not written, the database is unavailable: %s %s -> %s",
-                    request.method, route(), response.status_code)
-        if response.status_code < 400:
-            return outcome_response(503, [Issue("error", "transient", "The database is unavailable; retry later")],
-                                    {"Retry-After": "5"})
-        return response
+    written = record_alone(lambda: happening(response.status_code, [], g.get("audit_detail")), response.status_code)
     g.audited = True
+    if not written and response.status_code < 400:
+        # An error answer stands: it disclosed and changed nothing. A successful one (a search on
+        # the read replica) is withheld: no access without its record.
+        return outcome_response(503, [Issue("error", "transient", "The database is unavailable; retry later")],
+                                {"Retry-After": "5"})
     return response
+
+
+def record_alone(happened: Callable[[], Happening], status: int) -> bool:
+    """Write the request's audit record in a transaction of its own; False, with a warning in the
+    log, when the database cannot be reached. A request answered 503 found it unreachable already:
+    trying again would hold the worker for another connect timeout. Raising here turned every
+    answer during an outage into a 500 (tests/system/test_outage.py)."""
+    if status != 503:
+        db: Database = current_app.extensions["healthhub.db"]
+        try:
+            with db.transaction() as session:
+                record(session, happened(), utcnow())
+            return True
+        except DBAPIError as exc:
+            if not unreachable(exc):
+                raise
+    log.warning("audit record not written, the database is unavailable: %s %s -> %s",
+                request.method, route(), status)
+    return False
 
 
 def route() -> str:

@@ -10,19 +10,16 @@ an oversized body get an HTTP error with an OperationOutcome.
 from __future__ import annotations
 
 import io
-import logging
 from typing import IO, Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..audit.events import Happening, record
+from ..audit.events import Happening
 from ..auth.access import Access
 from ..auth.tokens import AccessToken
 from ..clock import utcnow
 from ..config import Config
-from ..db import Database
 from ..ingest.csv_profile import ProfileError, UnknownProfileError, load_profile
 from ..ingest.csv_reports import HeaderError
 from ..ingest.pipeline import Caller, Pipeline, UploadTooLarge
@@ -30,10 +27,9 @@ from ..jsonio import dumps
 from ..outcome import FhirError, Issue
 from ..search.registry import default_registry
 from . import http, throttle
-from .audit_hooks import route, unreachable
+from .audit_hooks import record_alone
 
 bp = Blueprint("ingest", __name__, url_prefix="/ingest")
-log = logging.getLogger("healthhub")
 HL7_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "application/hl7-v2+er7"})
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
 
@@ -127,22 +123,9 @@ def _record_refusal(response: Response) -> Response:
     config: Config = current_app.config["HEALTHHUB"]
     if g.get("audited") or response.status_code < 400 or not config.audit:
         return response
-    what = f"{request.method} {route()} -> {response.status_code}"
-    if response.status_code == 503:  # the database is away (errors.py): no record can be written
-        log.warning("audit record not written, the database is unavailable: %s", what)
-        return response
     token: AccessToken | None = g.get("access_token")
-    db: Database = current_app.extensions["healthhub.db"]
-    try:
-        with db.transaction() as session:
-            record(session, Happening(subtype="ingest", action="C", status=response.status_code,
-                                      description=f"{request.method} {request.full_path.rstrip('?')}",
-                                      client_id=token.client_id if token else None, address=request.remote_addr,
-                                      detail=g.get("audit_detail")), utcnow())
-    except DBAPIError as exc:
-        # The database went away meanwhile. Raising here turned the refusal (or the 503) into a
-        # 500 (tests/system/test_outage.py); the refusal stands, the log keeps what the trail could not.
-        if not unreachable(exc):
-            raise
-        log.warning("audit record not written, the database is unavailable: %s", what)
+    record_alone(lambda: Happening(subtype="ingest", action="C", status=response.status_code,
+                                   description=f"{request.method} {request.full_path.rstrip('?')}",
+                                   client_id=token.client_id if token else None, address=request.remote_addr,
+                                   detail=g.get("audit_detail")), response.status_code)
     return response

@@ -44,9 +44,8 @@ def healthz() -> Response:
 def readyz() -> Response:
     db: Database = current_app.extensions["healthhub.db"]
     checks: dict[str, str] = {}
-    for name, engine in (("database", db.engine), ("read_database", db.read_engine)):
-        if name == "read_database" and engine is db.engine:
-            continue
+    engines = [("database", db.engine)] + ([("read_database", db.read_engine)] if db.has_replica else [])
+    for name, engine in engines:
         try:
             with engine.connect() as conn:
                 if engine.dialect.name == "postgresql":

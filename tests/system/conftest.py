@@ -25,7 +25,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ import requests
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from bench.server import healthhub_command
 from healthhub import migrate
 from healthhub.auth.keys import KeyRing
 from healthhub.auth.tokens import TokenService
@@ -119,14 +119,6 @@ def _running(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
     except ChildProcessError:
         return False
-
-
-def healthhub_command() -> list[str]:
-    """The ``healthhub`` console script of this interpreter (the venv's)."""
-    script = Path(sys.executable).parent / "healthhub"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from healthhub.cli import main; main()"]
 
 
 # -- the database proxy --------------------------------------------------------------------------

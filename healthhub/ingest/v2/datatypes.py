@@ -31,7 +31,7 @@ TABLE_0203 = frozenset(
     "LR MA MB MC MCD MCN MCR MCT MD MI MR MRT MS NBSNR NCT NE NH NI NII NIIP NP NPI OBI OD PA PC PCN PE PEN PGN "
     "PHC PHE PHO PI PIN PLAC PN PNT PPIN PPN PRC PRN PT QA RI RN RPH RR RRI RRP SAMN SB SID SL SN SNBSN SNO SP "
     "SR SRX SS STN TAX TN TPR TRL U UDI UPIN USID VN VP VS WC WCN WP XV XX".split())
-_NNXXX = re.compile(r"^NN[A-Z]{3}$")  # national person identifier of country xxx (table 0203 "NNxxx")
+_NATIONAL_PERSON_ID_TYPE = re.compile(r"^NN[A-Z]{3}$")  # a national person identifier: "NN" + the ISO 3166 alpha-3 country code (HL7 table 0203)
 
 # Table 0200 → name-use (https://build.fhir.org/ig/HL7/v2-to-fhir/ConceptMap-table-hl70200-to-name-use.html)
 _NAME_USE = {"BAD": "old", "D": "usual", "L": "official", "M": "maiden", "N": "nickname", "S": "anonymous",
@@ -91,7 +91,7 @@ def identifier_type(code: str) -> dict[str, Any] | None:
     code = code.strip()
     if not code:
         return None
-    if code in TABLE_0203 or _NNXXX.match(code):
+    if code in TABLE_0203 or _NATIONAL_PERSON_ID_TYPE.match(code):
         return {"coding": [{"system": V2_0203, "code": code}]}
     return {"text": code}
 
