@@ -98,7 +98,8 @@ def bench_database(kind: str, postgres_url: str = DEFAULT_POSTGRES_URL) -> Itera
             _upgrade(db)
             yield db
         finally:
-            # HEALTHHUB_BENCH_KEEP=1 keeps the file, to study query plans at scale afterwards.
+            # HEALTHHUB_BENCH_KEEP=1 keeps the file (the schema on PostgreSQL), to study query plans at
+            # scale afterwards.
             if os.environ.get("HEALTHHUB_BENCH_KEEP") == "1":
                 print(f"kept SQLite benchmark database {db_file}", file=sys.stderr)
             else:
@@ -118,8 +119,11 @@ def bench_database(kind: str, postgres_url: str = DEFAULT_POSTGRES_URL) -> Itera
             _upgrade(db)
             yield db
         finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            if os.environ.get("HEALTHHUB_BENCH_KEEP") == "1":
+                print(f"kept PostgreSQL benchmark schema {schema}", file=sys.stderr)
+            else:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         admin.dispose()
 

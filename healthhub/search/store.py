@@ -54,8 +54,7 @@ def table_rows(resource_type: str, resource_id: str, rows: Iterable[Any]) -> dic
     """Group extracted rows by table, as column dicts ready for one executemany per table."""
     out: dict[Table, list[dict[str, Any]]] = defaultdict(list)
     rows = list(rows)
-    fact = facts.facts_row(resource_type, resource_id, rows)
-    if fact is not None:
+    for fact in facts.facts_rows(resource_type, resource_id, rows):
         out[models.SearchFacts].append({"resource_type": resource_type, "resource_id": resource_id,
                                         "param": facts.PARAM, **fact})
     for row in rows:

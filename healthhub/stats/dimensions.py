@@ -46,7 +46,9 @@ class Dimension:
             return AGE_GROUPS[int(value) - 1][0] if value else None
         if value is None or self.name != "period":
             return value
-        first = date.fromisoformat(str(value)[:10])
+        # Days and months come as yyyymmdd numbers, weeks as the database's date (stats/sql.py).
+        first = (date(value // 10000, value // 100 % 100, value % 100) if isinstance(value, int)
+                 else date.fromisoformat(str(value)[:10]))
         if self.grain == "week":
             year, week, _ = first.isocalendar()
             return f"{year}-W{week:02d}"

@@ -1,11 +1,12 @@
 """Counts of a search's matches grouped by dimensions, in one ``GROUP BY`` statement.
 
 The cohort is the ordinary search (the same compiler, so every parameter, modifier and chain
-works); each dimension is an outer join from the cohort to an index table — the resource's own
-(``code``, its clinical date), its patient's (``gender``, ``birthdate``, ``address-state``,
-``address-district``), or the Provenance that names its sender — and the database groups and
-counts. Nothing but the grouped counts comes back to Python, so memory does not grow with the
-number of matches.
+works). What a dimension groups by is on the ``search_facts`` rows (``search/facts.py``): the
+resource's codings, clinical date and patient on its own rows, the patient's sex, birth day,
+province and district on the Patient's row — so a grouping is the cohort's facts rows joined
+once to its patients' — or, for the sender, on the Provenance that names the resource; the
+database groups and counts. Nothing but the grouped counts comes back to Python, so memory does
+not grow with the number of matches.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     FromClause,
+    Integer,
     Select,
-    Table,
     and_,
     distinct,
     func,
@@ -31,7 +32,6 @@ from sqlalchemy.orm import Session
 from ..mpi.models import MpiPerson
 from ..outcome import invalid
 from ..search import facts
-from ..search.cardinality import single_valued
 from ..search.compiler import Compiler, like_escape, param_rows
 from ..search.registry import Registry
 from ..search.request import SearchRequest
@@ -72,76 +72,77 @@ class Aggregation:
               code_system: str | None = None) -> Counts:
         """Count the matches of ``req`` per combination of ``dims`` values (two statements: the
         grouped counts and the cohort's total)."""
-        grouped, total_stmt = self.statements(req, dims, count_by, code_system)
-        cells = {tuple(row[:-1]): int(row[-1]) for row in self.session.execute(grouped)}
+        grouped, total_stmt, widths = self._statements(req, dims, count_by, code_system)
+        cells: dict[Key, int] = {}
+        for row in self.session.execute(grouped):
+            key, at = [], 0
+            for width in widths:  # code comes as (system, code): published as system|code
+                key.append(row[at] if width == 1 else (None if row[at + 1] is None else f"{row[at] or ''}|{row[at + 1]}"))
+                at += width
+            cells[tuple(key)] = cells.get(tuple(key), 0) + int(row[-1])
         total = int(self.session.scalar(total_stmt) or 0)
         return Counts(req.resource_type, dims, count_by, cells, total)
 
     def statements(self, req: SearchRequest, dims: list[Dimension], count_by: str = "resource",
                    code_system: str | None = None) -> tuple[Select[Any], Select[Any]]:
         """The grouped-count statement and the total's (what :meth:`count` runs; EXPLAIN them)."""
+        grouped, total, _ = self._statements(req, dims, count_by, code_system)
+        return grouped, total
+
+    def _statements(self, req: SearchRequest, dims: list[Dimension], count_by: str,
+                    code_system: str | None) -> tuple[Select[Any], Select[Any], list[int]]:
         if count_by not in COUNT_BY:
             raise invalid(f"_count-by must be one of {', '.join(COUNT_BY)}", ("_count-by",))
-        plan = _Plan(self, req.resource_type, self._cohort(req))
-        keys = [plan.dimension(d, code_system) for d in dims]
+        ids = self._cohort(req)
+        # One row per coding when grouping by code (search_facts holds one per coding of the
+        # type's code parameter), else one per resource.
+        codings = any(d.name == "code" for d in dims) and not code_system
+        plan = _Plan(self, req.resource_type, ids, codings)
+        columns = [plan.dimension(d, code_system) for d in dims]
+        keys = [c for cols in columns for c in cols]
         counted = plan.counted(count_by)
-        # Every dimension gives one value per resource, code one per distinct coding: the index
-        # holds one row per (parameter, system, code) (search/indexer.py _one_row_per_code), so
-        # count(*) counts each resource once per cell. count(DISTINCT) sorted a million rows:
-        # 4.18 s against 1.11 s for code x gender at 1M Observations (bench/RESULTS.md).
+        # Every dimension gives one value per resource, code one per distinct coding (one facts
+        # row, or one index row, per parameter, system and code: search/facts.py,
+        # search/indexer.py _one_row_per_code), so count(*) counts each resource once per cell.
+        # count(DISTINCT) sorted a million rows: 4.18 s against 1.11 s for code x gender at 1M
+        # Observations (bench/RESULTS.md).
         persons = count_by == "patient"
         grouped = plan.select(*keys, func.count(distinct(counted)) if persons else func.count()).group_by(*keys)
         # The total: the same cohort without the dimensions' joins (a resource with two codes
         # is one resource, a person seen in two weeks one person).
-        whole = _Plan(self, req.resource_type, plan.cohort_select)
+        whole = _Plan(self, req.resource_type, ids, codings=False)
         total = whole.select(func.count(distinct(whole.counted(count_by))) if persons else func.count())
-        return grouped, total
+        return grouped, total, [len(cols) for cols in columns]
 
-    def _cohort(self, req: SearchRequest) -> Select[Any]:
+    def _cohort(self, req: SearchRequest) -> Select[Any] | None:
         """The ids of the search's matches, from the index tables alone where the search allows;
-        with no criteria, the type's ``search_facts`` rows (one per live resource, carrying the
-        patient and the clinical date, so no other table is needed for them)."""
+        None for every resource of a type with ``search_facts`` rows (the rows themselves are
+        the cohort then, carrying the patient, the date and the codings: no other table needed)."""
         rtype = req.resource_type
         if not req.clauses and not req.ids and not req.last_updated and facts.has_facts(rtype):
-            return _facts_of(rtype)
+            return None
         sets = (self.compiler.index_sets(rtype, req.clauses)
                 if not req.ids and not req.last_updated else None)
         if sets is not None:
             return self.compiler.matching(sets).distinct()
         return self.compiler.ids(rtype, req.clauses, req.ids, req.last_updated)
 
-    # -- per-resource values, as (rid, v) sub-selects ----------------------------------------
-
-    def values(self, table: Table, resource_type: str, code: str, column: str) -> FromClause | None:
-        """``(rid, v)``: one value of parameter ``code`` per ``resource_type`` resource (the
-        least one where the parameter can have several); None when the type has no such
-        parameter."""
-        param = self.registry.get(resource_type, code)
-        if param is None:
-            return None
-        rows = param_rows(table, resource_type, code, self.registry)
-        # A date or reference element that can occur once gives one index row (a Period or a
-        # Timing is one [low, high] row); codings and strings may give several per element.
-        if table in (DATE, REF) and single_valued(resource_type, param):
-            return select(table.c.resource_id.label("rid"), table.c[column].label("v")).where(rows).subquery()
-        return (select(table.c.resource_id.label("rid"), func.min(table.c[column]).label("v"))
-                .where(rows).group_by(table.c.resource_id).subquery())
-
 
 class _Plan:
     """One statement being built: the cohort and the outer joins its dimensions need."""
 
-    def __init__(self, agg: Aggregation, resource_type: str, cohort: Select[Any]) -> None:
+    def __init__(self, agg: Aggregation, resource_type: str, ids: Select[Any] | None, codings: bool) -> None:
         self.agg = agg
         self.rtype = resource_type
-        self.cohort_select = cohort
-        sub = cohort.subquery("cohort")
-        self.cohort = sub
+        self.codings = codings
+        self._facts_from: FromClause | None = None
+        if ids is None:  # every resource of the type: its search_facts rows are the cohort
+            sub = self._facts_from = _facts_of(resource_type, codings).subquery("cohort")
+        else:
+            sub = ids.subquery("cohort")
         self.id: ColumnElement[Any] = list(sub.c)[0]
         self.joined: FromClause = sub
-        self._memo: dict[str, ColumnElement[Any]] = {}
-        # The cohort may be the type's search_facts rows themselves (Aggregation._cohort).
-        self._facts_from: FromClause | None = sub if "event_at" in sub.c else None
+        self._memo: dict[str, Any] = {}
 
     def select(self, *columns: Any) -> Select[Any]:
         return select(*columns).select_from(self.joined)
@@ -150,29 +151,26 @@ class _Plan:
         self.joined = self.joined.outerjoin(sub, sub.c.rid == on)
         return sub
 
-    def _once(self, name: str, build: Callable[[], ColumnElement[Any]]) -> ColumnElement[Any]:
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
         if name not in self._memo:
             self._memo[name] = build()
         return self._memo[name]
 
     # -- dimensions ----------------------------------------------------------------------
 
-    def dimension(self, dim: Dimension, code_system: str | None) -> ColumnElement[Any]:
+    def dimension(self, dim: Dimension, code_system: str | None) -> list[ColumnElement[Any]]:
+        """The dimension's grouping columns: code gives two (system, code), the others one."""
         name = dim.name
         if name == "code":
-            return self._code(code_system).label("code")
-        if name == "gender":
-            return self._patient_value(TOKEN, "gender", "code").label("gender")
-        if name == "province":
-            return self._patient_value(STRING, "address-state", "exact").label("province")
-        if name == "district":
-            return self._patient_value(STRING, "address-district", "exact").label("district")
+            return self._code(code_system)
+        if name in ("gender", "province", "district"):
+            return [self._patient_attribute(name).label(name)]
         if name == "age-group":
-            return self._age_group().label("age_group")
+            return [self._age_group().label("age_group")]
         if name == "organization":
-            return self._organization().label("organization")
+            return [self._organization().label("organization")]
         assert dim.grain is not None
-        return period_start(dim.grain, self._event_date()).label("period")
+        return [self._period(dim.grain).label("period")]
 
     def counted(self, count_by: str) -> ColumnElement[Any]:
         """What one counts: the resource, or the person (all linked records of one person are one:
@@ -183,21 +181,26 @@ class _Plan:
         person = select(MpiPerson.patient_id.label("rid"), MpiPerson.person_id.label("v")).subquery()
         return func.coalesce(self.join(person, patient).c.v, patient)
 
-    def _code(self, code_system: str | None) -> ColumnElement[Any]:
-        if self.agg.registry.get(self.rtype, "code") is None:
+    def _code(self, code_system: str | None) -> list[ColumnElement[Any]]:
+        if not facts.code_params(self.rtype):
             raise invalid(f"{self.rtype} has no code search parameter to group by", ("_group-by",))
-        # Rows with a code only: a CodeableConcept's text gets a row of its own without one.
-        conds = [param_rows(TOKEN, self.rtype, "code", self.agg.registry), TOKEN.c.code.is_not(None)]
-        if code_system:
-            conds.append(TOKEN.c.system == code_system)
+        if not code_system:
+            found = self._facts()
+            return [found.c.system.label("code_system"), found.c.code.label("code")]
+        # Codings of one system: the index's code rows of that system (a resource with none is
+        # one row with no code; search_facts would give it one per coding of other systems).
+        conds = [param_rows(TOKEN, self.rtype, "code", self.agg.registry), TOKEN.c.code.is_not(None),
+                 TOKEN.c.system == code_system]
         sub = select(TOKEN.c.resource_id.label("rid"), TOKEN.c.system, TOKEN.c.code).where(*conds).subquery()
         self.join(sub, self.id)
-        return func.coalesce(sub.c.system, "") + literal("|") + sub.c.code
+        return [sub.c.system.label("code_system"), sub.c.code.label("code")]
 
     def _facts(self) -> FromClause:
-        """The cohort's ``search_facts`` columns (``rid``, ``patient_id``, ``event_at``)."""
+        """The cohort's ``search_facts`` columns (one row per resource, or per coding)."""
         if self._facts_from is None:
-            self._facts_from = self.join(_facts_of(self.rtype).subquery(), self.id)
+            if not facts.has_facts(self.rtype):
+                raise invalid(f"{self.rtype} has no patient, clinical date or code to group by", ("_group-by",))
+            self._facts_from = self.join(_facts_of(self.rtype, self.codings).subquery(), self.id)
         return self._facts_from
 
     def _patient(self) -> ColumnElement[Any]:
@@ -209,26 +212,38 @@ class _Plan:
                           "_count-by=patient are not available for it", ("_group-by",))
         return self._facts().c.patient_id
 
-    def _patient_value(self, table: Table, code: str, column: str) -> ColumnElement[Any]:
-        def build() -> ColumnElement[Any]:
-            sub = self.agg.values(table, "Patient", code, column)
-            assert sub is not None, code
-            return self.join(sub, self._patient()).c.v
-        return self._once(f"patient.{code}", build)
-
-    def _event_date(self) -> ColumnElement[Any]:
-        """The resource's clinical date (its start, UTC: ``search/facts.py``); for a Patient, now
-        (age-group is the age today)."""
+    def _patient_attribute(self, column: str) -> ColumnElement[Any]:
+        """``gender``, ``birth_day``, ``province`` or ``district`` of the resource's patient: on
+        the Patient's own ``search_facts`` row (one join for all of them)."""
         if self.rtype == "Patient":
-            return literal(self.agg.now, DateTime(timezone=True))
+            return self._facts().c[column]
+        patient = self._patient()
+
+        def build() -> FromClause:
+            rows = select(FACTS.c.resource_id.label("rid"), FACTS.c.gender, FACTS.c.birth_day, FACTS.c.province,
+                          FACTS.c.district).where(FACTS.c.resource_type == "Patient", FACTS.c.param == facts.PARAM,
+                                                  FACTS.c.seq == 0)
+            return self.join(rows.subquery("patient"), patient)
+        return self._once("patient", build).c[column]
+
+    def _event(self, column: str) -> ColumnElement[Any]:
+        """The resource's clinical date, ``event_at`` (UTC instant) or ``event_day`` (yyyymmdd);
+        for a Patient, now (age-group is the age today)."""
+        if self.rtype == "Patient":
+            now = self.agg.now
+            return (literal(now, DateTime(timezone=True)) if column == "event_at"
+                    else literal(facts.day_number(now), Integer))
         if not facts.date_params(self.rtype):
             raise invalid(f"{self.rtype} has no clinical date: period and age-group are not available for it",
                           ("_group-by",))
-        return self._facts().c.event_at
+        return self._facts().c[column]
+
+    def _period(self, grain: str) -> ColumnElement[Any]:
+        return period_start(grain, self._event("event_day"), self._event("event_at"))
 
     def _age_group(self) -> ColumnElement[Any]:
         """The age band's number (``Dimension.show`` names it): ``sql.AgeBand``."""
-        return age_band(self._patient_value(DATE, "birthdate", "low"), self._event_date())
+        return age_band(self._patient_attribute("birth_day"), self._event("event_day"))
 
     def _organization(self) -> ColumnElement[Any]:
         """The sender: the Organization agent of a Provenance naming the resource (HL7 v2 and CSV
@@ -252,7 +267,12 @@ class _Plan:
         return func.coalesce(self.join(prov, self.id).c.v, self.join(source, self.id).c.v)
 
 
-def _facts_of(resource_type: str) -> Select[Any]:
-    """``(rid, patient_id, event_at)`` of every live resource of the type (``search_facts``)."""
-    return select(FACTS.c.resource_id.label("rid"), FACTS.c.patient_id, FACTS.c.event_at).where(
+def _facts_of(resource_type: str, codings: bool) -> Select[Any]:
+    """The ``search_facts`` rows of every live resource of the type (``rid`` first): one per
+    resource, or one per coding of its code parameter."""
+    stmt = select(FACTS.c.resource_id.label("rid"), *(c for c in FACTS.c if c.name not in _KEYS)).where(
         FACTS.c.resource_type == resource_type, FACTS.c.param == facts.PARAM)
+    return stmt if codings else stmt.where(FACTS.c.seq == 0)
+
+
+_KEYS = ("resource_type", "resource_id", "param")

@@ -1,15 +1,17 @@
 """Date arithmetic for statistics, in the SQL of each database.
 
-The index stores instants in UTC (``search_date.low``); days, ISO weeks and months are taken
-in UTC, and an age is whole years between two instants, as a person's age is counted (the
-birthday has to have come). PostgreSQL has ``age()`` and ``date_trunc``; SQLite has
-``strftime`` and date modifiers (https://sqlite.org/lang_datefunc.html).
+Days are ``yyyymmdd`` integers of the UTC day (``search_facts.event_day`` / ``birth_day``): a
+whole-years age is ``(day - birth_day) / 10000`` — the birthday has to have come, as a person's
+age is counted — and the month of a day is ``day / 100``, integer arithmetic on both databases
+where ``age()`` and ``to_char(date_trunc())`` over a million rows were half of a grouping's time
+(bench/RESULTS.md, eighth session). An ISO week (Monday) is truncated from the instant:
+PostgreSQL's ``date_trunc('week')``, SQLite's date modifiers (https://sqlite.org/lang_datefunc.html).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, String
+from sqlalchemy import ColumnElement, Integer
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -17,19 +19,11 @@ from sqlalchemy.sql.functions import FunctionElement
 GRAINS = ("day", "week", "month")
 
 
-class AgeYears(FunctionElement[int]):
-    """Whole years from ``birth`` to ``at`` (both instants)."""
-
-    type = Integer()
-    inherit_cache = True
-    name = "age_years"
-
-
 class AgeBand(FunctionElement[int]):
-    """The number (1, 2, …) of the band of :data:`BAND_STARTS` the age from ``birth`` to ``at``
-    falls in; 0 for a negative age (an event before the birth date), NULL without both dates.
-    One call per row on PostgreSQL (``width_bucket``): a CASE over the age computed it once per
-    branch, and the age was most of the time of a one-million-row grouping."""
+    """The number (1, 2, …) of the band of :data:`BAND_STARTS` the age from day ``birth`` to day
+    ``at`` (yyyymmdd) falls in; 0 for a negative age (an event before the birth date), NULL
+    without both days. Age ≥ n years ⟺ ``at - birth ≥ n * 10000``, so the bands are bounds on
+    the difference (``width_bucket`` on PostgreSQL, one call per row)."""
 
     type = Integer()
     inherit_cache = True
@@ -40,13 +34,14 @@ class AgeBand(FunctionElement[int]):
 BAND_STARTS = (0, 5, 15, 25, 45, 65)
 
 
-class PeriodStart(FunctionElement[str]):
-    """The first day (``YYYY-MM-DD``, UTC) of the day / ISO week (Monday) / month holding an
-    instant. One subclass per grain: the grain must be part of SQLAlchemy's statement cache key,
-    and the class is (an attribute of the element would not be: ``period:week`` answered with
-    the days of a cached ``period:day`` statement)."""
+class PeriodStart(FunctionElement[Any]):
+    """The first day of the day / ISO week (Monday) / month holding an event, from its day
+    (yyyymmdd) and its instant: a ``yyyymmdd`` integer for days and months, the week's first
+    day as the database gives it (``Dimension.show`` reads both). One subclass per grain: the
+    grain must be part of SQLAlchemy's statement cache key, and the class is (an attribute of the
+    element would not be: ``period:week`` answered with the days of a cached ``period:day``
+    statement)."""
 
-    type = String()
     inherit_cache = True
     name = "period_start"
     grain = "day"
@@ -74,56 +69,41 @@ def age_band(birth: ColumnElement[Any], at: ColumnElement[Any]) -> AgeBand:
     return AgeBand(birth, at)
 
 
-def period_start(grain: str, value: ColumnElement[Any]) -> PeriodStart:
-    return _BY_GRAIN[grain](value)
+def period_start(grain: str, day: ColumnElement[Any], at: ColumnElement[Any]) -> PeriodStart:
+    return _BY_GRAIN[grain](day, at)
 
 
 def _args(element: FunctionElement[Any], compiler: Any, **kw: Any) -> list[str]:
     return [str(compiler.process(c, **kw)) for c in element.clauses]
 
 
-@compiles(AgeYears, "postgresql")
-def _age_pg(element: AgeYears, compiler: Any, **kw: Any) -> str:
-    birth, at = _args(element, compiler, **kw)
-    return f"CAST(date_part('year', age(timezone('UTC', {at}), timezone('UTC', {birth}))) AS INTEGER)"
-
-
-@compiles(AgeYears)
-def _age_sqlite(element: AgeYears, compiler: Any, **kw: Any) -> str:
-    birth, at = _args(element, compiler, **kw)
-    return (f"(CAST(strftime('%Y', {at}) AS INTEGER) - CAST(strftime('%Y', {birth}) AS INTEGER)"
-            f" - (strftime('%m-%d', {at}) < strftime('%m-%d', {birth})))")
-
-
 @compiles(AgeBand, "postgresql")
 def _band_pg(element: AgeBand, compiler: Any, **kw: Any) -> str:
     birth, at = _args(element, compiler, **kw)
-    starts = ", ".join(str(n) for n in BAND_STARTS)
-    return (f"width_bucket(date_part('year', age(timezone('UTC', {at}), timezone('UTC', {birth}))), "
-            f"ARRAY[{starts}]::double precision[])")
+    bounds = ", ".join(str(n * 10000) for n in BAND_STARTS)
+    return f"width_bucket({at} - {birth}, ARRAY[{bounds}])"
 
 
 @compiles(AgeBand)
 def _band_sqlite(element: AgeBand, compiler: Any, **kw: Any) -> str:
     birth, at = _args(element, compiler, **kw)
-    age = _age_sqlite(AgeYears(*element.clauses), compiler, **kw)
-    whens = " ".join(f"WHEN {age} < {upper} THEN {i}" for i, upper in enumerate(BAND_STARTS))
+    whens = " ".join(f"WHEN {at} - {birth} < {upper * 10000} THEN {i}" for i, upper in enumerate(BAND_STARTS))
     return f"(CASE WHEN {birth} IS NULL OR {at} IS NULL THEN NULL {whens} ELSE {len(BAND_STARTS)} END)"
 
 
 @compiles(PeriodStart, "postgresql")
 def _period_pg(element: PeriodStart, compiler: Any, **kw: Any) -> str:
-    (value,) = _args(element, compiler, **kw)
-    return f"to_char(date_trunc('{element.grain}', timezone('UTC', {value})), 'YYYY-MM-DD')"
+    day, at = _args(element, compiler, **kw)
+    if element.grain == "week":
+        return f"date_trunc('week', timezone('UTC', {at}))"
+    return day if element.grain == "day" else f"({day} / 100 * 100 + 1)"
 
 
 @compiles(PeriodStart)
 def _period_sqlite(element: PeriodStart, compiler: Any, **kw: Any) -> str:
-    (value,) = _args(element, compiler, **kw)
-    if element.grain == "day":
-        return f"date({value})"
-    if element.grain == "month":
-        return f"strftime('%Y-%m-01', {value})"
-    # 'weekday 0' moves forward to the next Sunday (or stays on one); six days back is the
-    # Monday that starts the ISO week.
-    return f"date({value}, 'weekday 0', '-6 days')"
+    day, at = _args(element, compiler, **kw)
+    if element.grain == "week":
+        # 'weekday 0' moves forward to the next Sunday (or stays on one); six days back is the
+        # Monday that starts the ISO week.
+        return f"date({at}, 'weekday 0', '-6 days')"
+    return day if element.grain == "day" else f"({day} / 100 * 100 + 1)"

@@ -155,8 +155,12 @@ SearchComposite = _search_table(
     {f"c{i}_{field}": typ for i in range(3)
      for field, typ in (("system", Text), ("code", Text), ("num", Number), ("low", Instant), ("high", Instant))},
     [("c0_code",)])
-#: Per resource, for statistics: its patient and clinical date (``search/facts.py``); param ``_facts``.
-SearchFacts = _search_table("search_facts", {"patient_id": String(64), "event_at": Instant}, [])
+#: For statistics (``search/facts.py``; param ``_facts``): per resource and coding of its ``code``
+#: (``seq``), its patient and clinical date (``event_day``: yyyymmdd, UTC); on a Patient's row its
+#: sex, birth day, province and district.
+SearchFacts = _search_table("search_facts", {
+    "patient_id": String(64), "event_at": Instant, "event_day": Integer, "seq": SmallInteger,
+    "system": Text, "code": Text, "gender": String(64), "birth_day": Integer, "province": Text, "district": Text}, [])
 SEARCH_TABLES = (SearchString, SearchToken, SearchReference, SearchDate, SearchNumber, SearchQuantity,
                  SearchUri, SearchComposite, SearchFacts)
 

@@ -407,3 +407,30 @@ def test_a_code_counts_a_resource_once(make_app: Any) -> None:
     for text in ("dengue fever %5Bclassical", "break-bone", "dengue fever"):
         found = authorized(app).get(f"/fhir/Condition?code:text={text}").get_json()
         assert [e["resource"]["id"] for e in found.get("entry", [])] == ["st-k1"], text
+
+
+def test_ages_count_birthdays_and_follow_the_patient(make_app: Any) -> None:
+    """An age is whole years at the event's day — the birthday has to have come — and an event
+    before the birth has no age band; the patient's attributes are read from the Patient as it is
+    now, so updating the Patient moves its cases, also in a filtered cohort grouped by code."""
+    app = make_app(min_cell=1)
+    client = authorized(app)
+    patient = {"resourceType": "Patient", "id": "st-b0", "gender": "female", "birthDate": "2000-03-10",
+               "address": [{"state": "Khon Kaen", "district": "Ban Phai"}]}
+    days = {"st-b1": "2005-03-09", "st-b2": "2005-03-10", "st-b3": "1999-12-31", "st-b4": "2065-03-10"}
+    conds = [{"resourceType": "Condition", "id": rid, "subject": {"reference": "Patient/st-b0"},
+              "code": {"coding": [{"system": ICD10, "code": "A90"}, {"system": SNOMED, "code": "38362002"}]},
+              "onsetDateTime": day} for rid, day in days.items()]
+    load(client, [patient, *conds])
+    stats = authorized(app, "stats.read")
+    body = stats.get("/stats/Condition?_group-by=age-group").get_json()
+    assert groups(body) == {("0-4",): 1, ("5-14",): 1, (None,): 1, ("65+",): 1}
+    patient.update(gender="male", birthDate="1960-01-01", address=[{"state": "Bangkok", "district": "Bang Rak"}])
+    assert client.put("/fhir/Patient/st-b0", json=patient,
+                      headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    body = stats.get("/stats/Condition?_group-by=age-group,gender,district").get_json()
+    assert groups(body) == {("45-64", "male", "Bang Rak"): 2, ("25-44", "male", "Bang Rak"): 1,
+                            ("65+", "male", "Bang Rak"): 1}
+    body = stats.get(f"/stats/Condition?code={ICD10}|A90&onset-date=ge2005-01-01&_group-by=code,province").get_json()
+    assert groups(body) == {(f"{ICD10}|A90", "Bangkok"): 3, (f"{SNOMED}|38362002", "Bangkok"): 3}
+    assert body["total"] == 3
