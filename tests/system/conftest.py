@@ -4,8 +4,10 @@
 loopback ports, on a fresh PostgreSQL schema (``new_database``, migrated), with a signing key file
 shared with this process, which signs the tests' access tokens. The hub processes reach PostgreSQL
 through :class:`TcpProxy`, a small TCP proxy in this process: ``test_outage.py`` cuts the database
-away with it (PostgreSQL on the machine is shared: it is never stopped). The tests themselves
-check what was stored over a direct connection (``hub.sql``) and with ``healthhub`` commands.
+away with it. PostgreSQL on the machine is shared: it is never stopped. To stop a database for real,
+``test_outage.py`` starts a second hub on a :class:`PostgresCluster` of its own (``initdb`` in a
+temporary folder, its own port), reached directly. The tests themselves check what was stored over
+a direct connection (``hub.sql``) and with ``healthhub`` commands.
 
 The fixtures here are PostgreSQL only: the faults tested (concurrent writers in several
 processes, a worker killed in a transaction, a database that goes away) are PostgreSQL
@@ -15,16 +17,23 @@ the suite-wide fixtures of tests/conftest.py instead and run on both databases.
 
 One hub serves the whole session (a gunicorn start costs ~20 s of CPU on a 2-core machine);
 the ``hub`` fixture makes it whole again before each test (the proxy passing traffic, 4 workers,
-a listener) and everything started is killed at the end, also when a test fails.
+a listener) and everything started is killed at the end, also when a test fails. Only the real
+stop of ``test_outage.py`` starts a second hub (``running_hub``), with its cluster, for itself;
+the cluster is stopped and its folder deleted at the end too.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import os
+import pwd
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -247,6 +256,164 @@ def _close_pair(pair: tuple[socket.socket, socket.socket]) -> None:
         _close(sock, reset=True)
 
 
+# -- a PostgreSQL cluster of the tests' own ------------------------------------------------------
+
+def postgres_bindir() -> Path | None:
+    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``: the newest
+    /usr/lib/postgresql/<version>/bin (Debian, Ubuntu), else the one of ``pg_ctl`` on PATH."""
+
+    def version(bindir: Path) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in bindir.parent.name.split("."))
+        except ValueError:
+            return ()
+
+    candidates = sorted((Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")), key=version,
+                        reverse=True)
+    if on_path := shutil.which("pg_ctl"):
+        candidates.append(Path(on_path).resolve().parent)
+    for bindir in candidates:
+        if all(os.access(bindir / program, os.X_OK) for program in ("initdb", "pg_ctl", "postgres")):
+            return bindir
+    return None
+
+
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster: ``initdb`` in a new temporary folder, listening on
+    127.0.0.1 and a free port (its unix socket in that folder), trust authentication for
+    ``postgres``. Unlike the machine's shared PostgreSQL, a test may really stop it (:meth:`stop`)
+    and start it again on the same port and data directory (:meth:`start`).
+
+    initdb and postgres refuse to run as root: as root, every command of the cluster runs as the
+    ``postgres`` user (``runuser``), who owns the folder. ``fsync=off`` and ``full_page_writes=off``
+    for speed — they only matter when the machine itself crashes, not when PostgreSQL is killed —
+    but commits stay synchronous, so an immediate stop keeps every commit a client was told of.
+    :meth:`remove` stops it and deletes the folder; what a fixture could not remove is removed when
+    pytest exits."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="healthhub-pg-"))
+        self.data = self.root / "data"
+        self.logfile = self.root / "postgres.log"
+        self.port = free_port()
+        self._as_postgres = os.geteuid() == 0
+        self._removed = False
+        _CLUSTERS.append(self)
+        if self._as_postgres:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C",
+                  "--no-sync")
+        settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
+                    "unix_socket_directories": f"'{self.root}'", "fsync": "off", "full_page_writes": "off",
+                    "synchronous_commit": "on", "shared_buffers": "32MB", "max_connections": "100"}
+        with (self.data / "postgresql.conf").open("a") as conf:  # stays the postgres user's file
+            conf.write("\n# tests/system/conftest.py: PostgresCluster\n")
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def start(self) -> None:
+        """Start it and wait until it accepts connections (after an immediate stop: crash recovery)."""
+        self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", timeout=70)
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m immediate``: every backend killed at once, no checkpoint (``fast``:
+        backends told to end, then a checkpoint)."""
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "60", timeout=70)
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def create_database(self, name: str) -> None:
+        engine = make_engine(Config(database_url=self.url()))
+        try:
+            with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+
+    def log(self, lines: int = 20) -> str:
+        """The end of the server's log (for failure messages)."""
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def remove(self) -> None:
+        """Stop it at once if it runs and delete its folder. Safe to call twice."""
+        if self._removed:
+            return
+        self._removed = True
+        pid = self._postmaster_pid()
+        if pid is not None:
+            try:
+                self.stop("immediate")
+            except (RuntimeError, OSError, subprocess.TimeoutExpired):
+                # Only our own postmaster: the process of that pid started on our data directory.
+                with contextlib.suppress(OSError):
+                    if str(self.data).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                        os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def _run(self, program: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bindir / program), *args]
+        if self._as_postgres:
+            command = (["runuser", "-u", "postgres", "--", *command] if shutil.which("runuser")
+                       else ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(command)])
+        # No PG* of the caller's shell (PGDATA, PGPORT…): the cluster is told everything it needs.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
+        done = subprocess.run(command, cwd=self.root, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} {' '.join(args)} exited with {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}\n{self.logfile}:\n{self.log()}")
+        return done
+
+
+_CLUSTERS: list[PostgresCluster] = []
+
+
+@atexit.register
+def _remove_clusters() -> None:
+    for cluster in _CLUSTERS:
+        cluster.remove()
+
+
+@contextlib.contextmanager
+def postgres_cluster(database: str = "healthhub") -> Iterator[PostgresCluster]:
+    """A running :class:`PostgresCluster` with an empty ``database``, stopped and deleted at the
+    end (also when the body fails). Skips the test where no PostgreSQL server is installed."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl, postgres) in /usr/lib/postgresql/*/bin "
+                    "or on PATH: cannot start a PostgreSQL of the test's own to stop")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and initdb refuses root: no 'postgres' user to run it as")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database(database)
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 # -- the hub -------------------------------------------------------------------------------------
 
 @dataclass
@@ -254,8 +421,8 @@ class Hub:
     """The hub's processes and what the tests need to talk to them."""
 
     config: Config  # the database over a direct connection, and the signing key
-    database_url: str  # what the hub's processes use: through the proxy
-    proxy: TcpProxy
+    database_url: str  # what the hub's processes use: through the proxy, if there is one
+    proxy: TcpProxy | None  # None: the hub's processes reach the database directly
     workdir: Path
     port: int = field(default_factory=free_port)
     mllp_port: int = field(default_factory=free_port)
@@ -274,7 +441,8 @@ class Hub:
 
     def env(self, process: str | None = None) -> dict[str, str]:
         """The environment of a ``healthhub`` process: no HEALTHHUB_* of the caller's shell. The
-        hub's ``serve`` and ``mllp`` reach the database by the proxy; other commands directly."""
+        hub's ``serve`` and ``mllp`` reach the database by ``database_url`` (the proxy's, when
+        there is one); other commands directly."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHHUB_")}
         url = self.config.database_url
         if process is not None:
@@ -386,7 +554,8 @@ class Hub:
 
     def ensure(self) -> None:
         """Make the hub whole again after a test: traffic through, 4 workers, a listener."""
-        self.proxy.restore()
+        if self.proxy is not None:
+            self.proxy.restore()
         if self.server is None or self.server.poll() is not None:
             _kill_group(self.server)
             self.start_server()
@@ -474,6 +643,30 @@ def _kill_started() -> None:
         _kill_group(proc, grace=0)
 
 
+@contextlib.contextmanager
+def running_hub(workdir: Path, cfg: Config, proxy: TcpProxy | None = None) -> Iterator[Hub]:
+    """A hub on ``cfg``'s empty database (migrated here): ``healthhub serve`` and ``healthhub mllp``
+    reaching it through ``proxy``, or directly without one, and a new signing key in ``workdir``.
+    Its processes are stopped at the end, also when the body fails."""
+    engine = make_engine(cfg)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    key = workdir / "signing-key.pem"
+    KeyRing(key).current()  # created here, shared by the hub's processes and the tests' tokens
+    url = make_url(cfg.database_url)
+    if proxy is not None:
+        url = url.set(host="127.0.0.1", port=proxy.port)
+    hub = Hub(replace(cfg, signing_key=str(key)), url.render_as_string(hide_password=False), proxy, workdir)
+    try:
+        hub.start_server()
+        hub.start_listener()
+        yield hub
+    finally:
+        hub.stop()
+
+
 # Package scope: shared by tests/system's modules and stopped when they are done. For the session
 # its processes kept polling the database through the proxy's threads in this process, and a
 # later test that measures this process's allocations (tracemalloc counts every thread) failed.
@@ -483,24 +676,12 @@ def system_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         pytest.skip(SKIP_REASON)
     workdir = tmp_path_factory.mktemp("system-hub")
     with new_database(workdir) as cfg:
-        engine = make_engine(cfg)
-        try:
-            migrate.upgrade(engine)
-        finally:
-            engine.dispose()
-        key = workdir / "signing-key.pem"
-        KeyRing(key).current()  # created here, shared by the hub's processes and the tests' tokens
         url = make_url(cfg.database_url)
         proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-        through_proxy = url.set(host="127.0.0.1", port=proxy.port)
-        hub = Hub(replace(cfg, signing_key=str(key)), through_proxy.render_as_string(hide_password=False), proxy,
-                  workdir)
         try:
-            hub.start_server()
-            hub.start_listener()
-            yield hub
+            with running_hub(workdir, cfg, proxy) as hub:
+                yield hub
         finally:
-            hub.stop()
             proxy.close()
 
 
@@ -509,7 +690,8 @@ def hub(system_hub: Hub) -> Iterator[Hub]:
     """The session's hub, whole: the proxy passing traffic, 4 workers, a listener."""
     system_hub.ensure()
     yield system_hub
-    system_hub.proxy.restore()
+    if system_hub.proxy is not None:
+        system_hub.proxy.restore()
 
 
 # -- HL7 v2 --------------------------------------------------------------------------------------

@@ -1,22 +1,35 @@
-"""A database outage under load: the TCP proxy between the hub's processes and PostgreSQL cuts
-every connection, and for a while refuses new ones (``refuse``: a server restarting) or accepts
-them and never answers (``hang``: a hung server, a dead host behind a load balancer; longer than
-the clients' timeout, so that only a connect timeout in the hub can keep its answers in time).
+"""A database outage under load, three ways:
+
+- ``refuse``: the TCP proxy between the session hub's processes and the shared PostgreSQL cuts
+  every connection, and for a while resets new ones (a server restarting);
+- ``hang``: the proxy cuts every connection and accepts new ones that never answer (a hung
+  server, a dead host behind a load balancer; longer than the clients' timeout, so that only a
+  connect timeout in the hub can keep its answers in time);
+- ``stop``: a real stop. The shared PostgreSQL is never stopped, so a second hub runs on a
+  PostgreSQL cluster of the test's own (``initdb`` in a temporary folder, its own port, reached
+  directly), which is stopped with ``pg_ctl stop -m immediate`` (its backends killed, no
+  checkpoint) and started again on the same port and data directory (crash recovery). As root
+  the cluster runs as the ``postgres`` user (initdb refuses root); where no PostgreSQL server
+  is installed this case is skipped, saying so.
+
 Meanwhile every FHIR request is answered within the timeout, with 503 and an OperationOutcome
 when it needed the database (never a 500), and every HL7 v2 message over MLLP gets an ACK, AE
 when it could not be stored (never silence); once the database is back the hub recovers by
-itself, and what it acknowledged is stored."""
+itself, and what it acknowledged is stored. The three share the load and the assertions."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import requests
 
+from healthhub.config import Config
 from tests.system.conftest import (
     FHIR_JSON,
     HL7_SAMPLES,
@@ -24,11 +37,14 @@ from tests.system.conftest import (
     WORKERS,
     Hub,
     MllpClient,
+    PostgresCluster,
     ack_code,
     facility,
     hl7_sample,
+    postgres_cluster,
     postgres_only,
     run_id,
+    running_hub,
     stored_messages,
     with_control_id,
 )
@@ -40,7 +56,7 @@ pytestmark = postgres_only
 HTTP_CLIENTS = WORKERS
 MLLP_CLIENTS = 2
 BEFORE = 3.0  # seconds of normal load before the outage
-OUTAGES = {"refuse": 5.0, "hang": TIMEOUT + 3}  # seconds
+OUTAGES = {"refuse": 5.0, "hang": TIMEOUT + 3, "stop": 5.0}  # seconds
 RECOVERY = 8.0  # after the database is back, every request must succeed again within this
 AFTER = 3.0  # seconds of load after RECOVERY in which everything must succeed
 
@@ -58,8 +74,96 @@ class Outcome:
         return self.result in ("200", "201", "AA")
 
 
+class Outage(Protocol):
+    """How the database goes away from ``hub`` and comes back."""
+
+    hub: Hub
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None:
+        """Bring the database back; return once it accepts connections again."""
+
+    def check(self) -> None:
+        """Assert that the outage really was one for the hub's processes."""
+
+
+class ProxyOutage:
+    """``refuse`` or ``hang``, staged by the proxy between the hub and the shared PostgreSQL."""
+
+    def __init__(self, hub: Hub, mode: str) -> None:
+        assert hub.proxy is not None
+        self.hub, self.proxy, self.mode = hub, hub.proxy, mode
+        self.connections = 0
+
+    def begin(self) -> None:
+        self.connections = self.proxy.open_connections
+        self.proxy.outage(self.mode)
+
+    def end(self) -> None:
+        self.proxy.restore()
+
+    def check(self) -> None:
+        assert self.connections > 0 and self.proxy.refused + self.proxy.held > 0, \
+            "the hub's processes do not reach the database by the proxy"
+
+
+class ClusterStop:
+    """``stop``: the hub's own PostgreSQL cluster stopped for real, then started again."""
+
+    def __init__(self, hub: Hub, cluster: PostgresCluster) -> None:
+        self.hub, self.cluster = hub, cluster
+        self.sessions = 0  # the hub's processes' sessions when it stopped
+        self.refused = False  # whether a connection was refused while it was down
+
+    def begin(self) -> None:
+        self.sessions = len(self.hub.backends("serve")) + len(self.hub.backends("mllp"))
+        self.cluster.stop("immediate")
+        try:
+            socket.create_connection(("127.0.0.1", self.cluster.port), timeout=2).close()
+        except ConnectionRefusedError:
+            self.refused = True
+
+    def end(self) -> None:
+        self.cluster.start()
+
+    def check(self) -> None:
+        assert self.sessions > 0, "the hub's processes had no session on the private cluster"
+        assert self.refused, f"the private cluster still took connections after pg_ctl stop:\n{self.cluster.log()}"
+
+
+@pytest.fixture(scope="module")
+def private_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this module's own, that ``stop`` really stops; deleted at the end."""
+    with postgres_cluster("healthhub") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def private_hub(private_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A second hub (``serve`` with 4 workers, ``mllp``) on the private cluster, reached directly."""
+    cfg = Config(database_url=private_cluster.url("healthhub"), base_url="http://hub.test")
+    with running_hub(tmp_path_factory.mktemp("private-hub"), cfg) as hub:
+        yield hub
+
+
+@pytest.fixture
+def outage(request: pytest.FixtureRequest, mode: str) -> Outage:
+    """The ``mode`` of outage, on the hub it is staged for, whole (the database up, 4 workers,
+    a listener). Fixtures by name: a ``refuse`` or ``hang`` run alone starts no private cluster."""
+    if mode == "stop":
+        cluster: PostgresCluster = request.getfixturevalue("private_cluster")
+        hub: Hub = request.getfixturevalue("private_hub")
+        if not cluster.running:  # an earlier run of the test failed while it was down
+            cluster.start()
+        hub.ensure()
+        return ClusterStop(hub, cluster)
+    return ProxyOutage(request.getfixturevalue("hub"), mode)
+
+
 @pytest.mark.parametrize("mode", list(OUTAGES))
-def test_database_outage_answers_503_and_ae_then_recovers(hub: Hub, mode: str) -> None:
+def test_database_outage_answers_503_and_ae_then_recovers(outage: Outage, mode: str) -> None:
+    hub = outage.hub
     run = run_id()
     system = f"urn:system-test:outage:{run}"
     web = hub.session()
@@ -139,11 +243,10 @@ def test_database_outage_answers_503_and_ae_then_recovers(hub: Hub, mode: str) -
         thread.start()
     try:
         time.sleep(BEFORE)
-        connections = hub.proxy.open_connections
         down = time.monotonic()
-        hub.proxy.outage(mode)
+        outage.begin()
         time.sleep(OUTAGES[mode])
-        hub.proxy.restore()
+        outage.end()
         up = time.monotonic()
         time.sleep(RECOVERY + AFTER)
     finally:
@@ -151,8 +254,7 @@ def test_database_outage_answers_503_and_ae_then_recovers(hub: Hub, mode: str) -
         for thread in threads:
             thread.join(TIMEOUT + 10)
     assert not any(t.is_alive() for t in threads)
-    assert connections > 0 and hub.proxy.refused + hub.proxy.held > 0, \
-        "the hub's processes do not reach the database by the proxy"
+    outage.check()
 
     def during(first: float, last: float) -> list[Outcome]:
         return [o for o in outcomes if first <= o.started < last]
