@@ -80,7 +80,10 @@ class Aggregation:
                 key.append(row[at] if width == 1 else (None if row[at + 1] is None else f"{row[at] or ''}|{row[at + 1]}"))
                 at += width
             cells[tuple(key)] = cells.get(tuple(key), 0) + int(row[-1])
-        total = int(self.session.scalar(total_stmt) or 0)
+        # Without code every dimension has one value per resource, so each resource is in one
+        # cell and the cells add up to the cohort (a second scan of a million rows saved).
+        one_cell_each = count_by == "resource" and not any(d.name == "code" for d in dims)
+        total = sum(cells.values()) if one_cell_each else int(self.session.scalar(total_stmt) or 0)
         return Counts(req.resource_type, dims, count_by, cells, total)
 
     def statements(self, req: SearchRequest, dims: list[Dimension], count_by: str = "resource",
