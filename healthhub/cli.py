@@ -175,7 +175,12 @@ def serve(host: str, port: int, workers: int) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Run the waiting jobs, then exit (instead of polling for more).")
-def worker(once: bool) -> None:
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics (export jobs by outcome, resources exported, jobs in progress, "
+                   "last poll) on this port; 0: none.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address of the metrics port (it has no authentication: keep it on a management network).")
+def worker(once: bool, metrics_port: int, metrics_host: str) -> None:
     """Run Bulk Data export jobs (any number of workers may run, on any host sharing the database
     and HEALTHHUB_EXPORT_DIR)."""
     import signal
@@ -183,6 +188,11 @@ def worker(once: bool) -> None:
     from .bulk.worker import Worker
 
     cfg = _config()
+    if metrics_port:
+        from . import metrics
+
+        metrics.serve_separately(metrics_host, metrics_port)
+        click.echo(f"Prometheus metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     database = _database(cfg)
     runner = Worker(database, cfg)
     try:

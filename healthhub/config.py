@@ -28,6 +28,11 @@ class Config:
     #: ``healthhub worker`` processes do.
     export_worker: str = "thread"
     max_body: int = 50 * 1024 * 1024
+    #: Entries a ``transaction`` or ``batch`` Bundle may hold (more: 413 before any of them is
+    #: looked at); 0: no limit. A transaction holds its locks and its memory until the last entry
+    #: is written. The largest Synthea Bundles hold 2,382 (a 3.8 MB batch) and a patient's
+    #: transaction some 90-450; Azure's FHIR service takes 500 by default, Google's 4,500.
+    max_bundle_entries: int = 10_000
     #: The audit trail (CONTRACT §9). Off only to measure what it costs (``make bench``).
     audit: bool = True
     #: A streaming replica for searches and statistics (reads that may lag the primary by the
@@ -65,6 +70,7 @@ class Config:
             export_retention_hours=_int(env, "HEALTHHUB_EXPORT_RETENTION_HOURS", d.export_retention_hours),
             export_worker=_choice(env, "HEALTHHUB_EXPORT_WORKER", d.export_worker, ("thread", "off")),
             max_body=_int(env, "HEALTHHUB_MAX_BODY", d.max_body),
+            max_bundle_entries=_int(env, "HEALTHHUB_MAX_BUNDLE_ENTRIES", d.max_bundle_entries),
             audit=_flag(env, "HEALTHHUB_AUDIT", d.audit),
             read_database_url=env.get("HEALTHHUB_READ_DATABASE_URL", d.read_database_url),
             log_format=_choice(env, "HEALTHHUB_LOG_FORMAT", d.log_format, ("json", "text")),

@@ -12,11 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import jsonio
 from .audit.chain import sha256_hex
 from .config import Config
+from .outcome import aborted_for_concurrency
 
 #: Seconds to establish a PostgreSQL connection (a LAN needs milliseconds) before giving up. A
 #: request may try up to three times during an outage (token revocations, rate-limit counter,
@@ -63,6 +65,15 @@ def make_engine(config: Config) -> Engine:
     else:
         event.listen(engine, "connect", _postgres_settings)
     return engine
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (what ``errors.py`` answers 503):
+    the server is down, refuses or drops the connection, or SQLite cannot open its file — not a
+    conflict with a concurrent transaction, nor a bad statement."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return isinstance(exc, OperationalError) and not aborted_for_concurrency(exc) or exc.connection_invalidated
 
 
 def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:

@@ -5,9 +5,26 @@ https://hl7.org/fhir/R4B/datatypes.html#decimal), so decimals are parsed as ``De
 written back verbatim. A request body is parsed once, by the standard library's C scanner with
 ``Decimal`` floats, under the rules orjson would apply: strict UTF-8, no lone surrogates (escaped
 ones are checked by orjson, only when the text contains a surrogate escape), no ``NaN`` or
-``Infinity``, bounded nesting (the scanner's recursion limit); and numbers within what both
-databases store (:data:`MAX_EXPONENT`, :data:`MAX_LENGTH`). Parsing twice — orjson as a check,
-then the scanner — was 9 % of a transaction Bundle's CPU time (bench/RESULTS.md, fourth session).
+``Infinity``; and numbers within what both databases store (:data:`MAX_EXPONENT`,
+:data:`MAX_LENGTH`). Parsing twice — orjson as a check, then the scanner — was 9 % of a
+transaction Bundle's CPU time (bench/RESULTS.md, fourth session).
+
+Two rules go beyond plain JSON:
+
+- No object may repeat a property name: FHIR's JSON rules say "Property names SHALL be unique"
+  (https://hl7.org/fhir/R4B/json.html), where RFC 8259 §4 only says SHOULD and leaves the
+  result "unpredictable". Every JSON parser picks its own winner (this scanner and orjson keep
+  the last, others the first or refuse), so a body the hub validated could mean something else
+  to the next system reading the same bytes (a proxy, a replay of the archived payload, a
+  downstream consumer): such a body is a 400 instead. Checked per object as it is built
+  (:func:`_unique`, a Python call per object): 4-6 µs per Synthea resource, a quarter to a
+  third of the parse, under 1 % of a resource's ingest (~800 µs, bench/RESULTS.md).
+- Nesting is bounded by the interpreter's recursion limit (``sys.getrecursionlimit()``, 1000):
+  the C scanner counts each array or object level against it, on top of the caller's own call
+  depth, so a request body may nest about 980 levels (measured through the Flask test client).
+  FHIR resources nest a few dozen; anything deeper is a 400, never a 500 (``RecursionError``
+  below; tests/api/test_bad_input.py ``test_deeply_nested_json``). A check of its own would
+  need a second pass over the text for a limit no real resource comes near.
 """
 from __future__ import annotations
 
@@ -48,11 +65,17 @@ def parse_json(data: bytes) -> Any:
         except orjson.JSONDecodeError as exc:
             raise _bad(str(exc)) from None
     try:
-        return json.loads(text, parse_float=_number, parse_int=_checked_int, parse_constant=_constant)
+        return json.loads(text, parse_float=_number, parse_int=_checked_int, parse_constant=_constant,
+                          object_pairs_hook=_unique)
     except json.JSONDecodeError as exc:
         raise _bad(str(exc)) from None
     except RecursionError:
-        raise _bad("it is nested too deeply") from None
+        raise _bad("it is nested too deeply (the limit is close to 1,000 levels of arrays and objects)") from None
+    except _RepeatedName as exc:
+        name = json.dumps(exc.args[0][:64], ensure_ascii=False)
+        raise FhirError(400, [Issue("error", "structure", f"The body repeats the property name {name} in one "
+                                    "object; FHIR JSON property names must be unique "
+                                    "(https://hl7.org/fhir/R4B/json.html)")]) from None
     except _OutOfRange as exc:
         raise FhirError(400, [Issue("error", "value", f"The body holds the number {exc.args[0][:40]}, out of range: "
                                     f"numbers may be {MAX_LENGTH} characters long and have a magnitude between "
@@ -72,6 +95,23 @@ MAX_LENGTH = 1000
 
 class _OutOfRange(ValueError):
     """A number in a request body beyond :data:`MAX_EXPONENT` or :data:`MAX_LENGTH`."""
+
+
+class _RepeatedName(ValueError):
+    """An object of a request body that names a property twice (its name is ``args[0]``)."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # The scanner's object_pairs_hook: the dict is built in C as the scanner would have built it,
+    # and only a dict shorter than its pairs (a repeated name) costs a second look.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _RepeatedName(name)
+            seen.add(name)
+    return obj
 
 
 def _number(text: str) -> Decimal:

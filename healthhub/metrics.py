@@ -1,5 +1,6 @@
 """Prometheus metrics (https://prometheus.io/docs/instrumenting/exposition_formats/): requests by
-route and status with their latencies, and inbound payloads by kind and outcome.
+route and status with their latencies, inbound payloads by kind and outcome, and Bulk Data
+export jobs (run by ``healthhub worker`` or by the worker thread of each web process).
 
 Every gunicorn worker is a process of its own; a scrape reaches one of them. So ``healthhub
 serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode: each process
@@ -19,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -33,6 +35,18 @@ LATENCY = Histogram("healthhub_http_request_duration_seconds", "Time to answer a
 INGESTED = Counter("healthhub_ingest_payloads", "Inbound payloads archived, by kind (hl7v2, csv, fhir) "
                    "and outcome (stored, partial, rejected, failed, duplicate…), counted once committed.",
                    ["kind", "outcome"])
+
+EXPORT_JOBS = Counter("healthhub_export_jobs", "Export jobs a worker finished, by outcome (completed, failed, "
+                      "cancelled; lost: taken over by another worker that presumed this one dead).", ["outcome"])
+EXPORT_RESOURCES = Counter("healthhub_export_resources", "Resources written to export files, counted as each "
+                           "page of them is written.")
+# A gauge says how a multiprocess scrape combines the processes' values (each gunicorn worker runs
+# an export thread): the jobs running now add up over the live processes; the last poll is the latest.
+EXPORT_RUNNING = Gauge("healthhub_export_jobs_in_progress", "Export jobs being run now.",
+                       multiprocess_mode="livesum")
+EXPORT_POLLED = Gauge("healthhub_export_worker_last_poll_timestamp_seconds", "Unix time at which a worker last "
+                      "looked for waiting jobs in the database (it stays put while the database is unreachable).",
+                      multiprocess_mode="livemax")
 
 
 def registry() -> CollectorRegistry:
@@ -51,8 +65,8 @@ def exposition() -> tuple[bytes, str]:
 
 def serve_separately(host: str, port: int) -> None:
     """Expose :func:`registry` on ``http://host:port/metrics`` from a thread of this process —
-    for ``healthhub mllp``, which has no web server of its own (its listener processes count
-    the HL7 v2 payloads they archive)."""
+    for ``healthhub mllp`` and ``healthhub worker``, which have no web server of their own (the
+    listener processes count the HL7 v2 payloads they archive; the worker, its export jobs)."""
     start_http_server(port, addr=host, registry=registry())
 
 

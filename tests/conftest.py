@@ -3,6 +3,7 @@ HEALTHHUB_TEST_DATABASE_URL is set (each run uses its own schema and drops it at
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -163,6 +164,26 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (for a server a test starts, or to find no one there)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(url: str, token: str | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples a Prometheus endpoint serves, by (name, labels): ``("x_total", frozenset({("k", "v")}))``."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = requests.get(url, headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text[:300]
+    text = resp.text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def load_json(path: Path) -> Any:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from healthhub import demo_cases
 from healthhub.cli import main
 from healthhub.demo import DEMO_DIR, DEMO_SENDERS
-from tests.conftest import DATA, archived, load_json
+from tests.conftest import DATA, archived, free_port, load_json, scrape
 
 
 def total(client, search):
@@ -156,25 +156,17 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
     SIGTERM stops both gracefully (exit 0)."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    import requests
-
     from healthhub.ingest.mllp import send
 
     assert cli("sender", "create", "--code", "HOSP-A", "--name", "A", "--timezone", "Asia/Bangkok").exit_code == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url,
            "HEALTHHUB_SIGNING_KEY": base_config.signing_key}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [str(Path(sys.executable).with_name("healthhub")), "mllp", "--port", str(port), "--processes", "2",
                "--metrics-port", str(metrics_port)]
@@ -191,10 +183,10 @@ def test_mllp_command_with_two_processes(cli, app, base_config, client):
                 time.sleep(0.2)
         assert [a.split(b"\r")[1].split(b"|")[1] for a in acks] == [b"AA", b"AA"]
         # The listener processes' counts, added up: the report stored once, then its duplicate.
-        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        payloads = {line.split("{", 1)[1].split("}")[0]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
-                    if line.startswith("healthhub_ingest_payloads_total{")}
-        assert sum(payloads.values()) == 2 and payloads.get('kind="hl7v2",outcome="stored"') == 2, payloads
+        payloads = {labels: value for (name, labels), value in scrape(f"http://127.0.0.1:{metrics_port}/metrics").items()
+                    if name == "healthhub_ingest_payloads_total"}
+        stored = frozenset({("kind", "hl7v2"), ("outcome", "stored")})
+        assert sum(payloads.values()) == 2 and payloads.get(stored) == 2, payloads
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
@@ -213,7 +205,6 @@ def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, t
     thread each web worker starts after the fork takes the job from the database."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -225,9 +216,7 @@ def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, t
 
     client.put("/fhir/Patient/served-export", json={"resourceType": "Patient", "id": "served-export"},
                headers={"Content-Type": "application/fhir+json"})
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     # The public base URL stays the test app's (http://hub.test), which the token is issued for.
     env = {**os.environ, "HEALTHHUB_DATABASE_URL": base_config.database_url, "HEALTHHUB_BASE_URL": base_config.base_url,
@@ -264,10 +253,14 @@ def test_serve_runs_export_jobs_in_its_worker_thread(app, base_config, client, t
         # /metrics adds up what every worker counted (prometheus_client's multiprocess mode).
         for _ in range(6):
             assert requests.get(f"{base}/fhir/metadata", timeout=10).status_code == 200
-        scraped = requests.get(f"{base}/metrics", headers={"Authorization": "Bearer scrape"}, timeout=10).text
-        metadata = [line for line in scraped.splitlines()
-                    if line.startswith("healthhub_http_requests_total{") and 'route="/fhir/metadata"' in line]
-        assert sum(float(line.rsplit(" ", 1)[1]) for line in metadata) == 6
+        samples = scrape(f"{base}/metrics", token="scrape")
+        assert sum(value for (name, labels), value in samples.items() if name == "healthhub_http_requests_total"
+                   and ("route", "/fhir/metadata") in labels) == 6
+        # The export threads' metrics too: jobs and resources added up, the gauges as each declares.
+        assert samples[("healthhub_export_jobs_total", frozenset({("outcome", "completed")}))] == 1
+        assert samples[("healthhub_export_resources_total", frozenset())] == 1
+        assert samples[("healthhub_export_jobs_in_progress", frozenset())] == 0
+        assert time.time() - 60 < samples[("healthhub_export_worker_last_poll_timestamp_seconds", frozenset())]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from flask import Response, current_app, g, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..audit.events import Happening, record
 from ..auth.tokens import AccessToken
 from ..clock import utcnow
 from ..config import Config
-from ..db import Database
+from ..db import Database, unreachable
 from ..errors import outcome_response
-from ..outcome import Issue, aborted_for_concurrency
+from ..outcome import Issue
 from ..storage.repository import Repository
 
 log = logging.getLogger("healthhub")
@@ -92,11 +92,6 @@ def record_alone(happened: Callable[[], Happening], status: int) -> bool:
 def route() -> str:
     """The request's URL rule, for logs: never the path, whose ids and query are patient data."""
     return request.url_rule.rule if request.url_rule is not None else "(unmatched)"
-
-
-def unreachable(exc: DBAPIError) -> bool:
-    """Whether a database error means the database cannot be reached (as ``errors.py`` answers 503)."""
-    return isinstance(exc, OperationalError) and not aborted_for_concurrency(exc) or exc.connection_invalidated
 
 
 def happening(status: int, touched: list[str], detail: str | None = None) -> Happening:

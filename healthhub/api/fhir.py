@@ -29,7 +29,7 @@ from ..search.engine import Engine
 from ..search.parser import parse
 from ..search.registry import default_registry
 from ..search.searchset import searchset
-from ..storage.bundle import BundleProcessor
+from ..storage.bundle import BundleProcessor, check_entry_count
 from ..storage.repository import Repository, Stored, WriteResult, parse_etag
 from . import archive_hooks, audit_hooks, http, throttle
 from .capability import capability_statement, supports
@@ -110,6 +110,7 @@ def bundle() -> Response:
     body = http.read_json()
     if isinstance(body, dict) and body.get("type") in ("transaction", "batch"):
         g.audit_subtype = body["type"]
+    check_entry_count(body, _config().max_bundle_entries)  # before any entry is read or written
     with unit_of_work() as repo:
         processor = BundleProcessor(repo, _config().fhir_base, http.prefer_return() == "representation")
         result = processor.process(body)

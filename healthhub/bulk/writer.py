@@ -29,6 +29,7 @@ from ..auth.access import Access
 from ..auth.scopes import Grant
 from ..clock import utcnow
 from ..db import Database
+from ..metrics import EXPORT_RESOURCES
 from ..mpi.models import MpiPerson
 from ..search.compartment import patient_compartment, stored_params
 from ..search.compiler import Compiler
@@ -50,7 +51,8 @@ class Lost(Exception):
 
 def run(db: Database, registry: Registry, job_id: str, worker: str, export_dir: Path, file_max: int,
         retention: timedelta, clock: Callable[[], datetime] = utcnow) -> str:
-    """Export the job's data; its final status (``completed``, ``failed``, or ``lost``)."""
+    """Export the job's data; its final status: ``completed``, ``failed``, ``cancelled``, or
+    ``lost`` (taken over by another worker, which presumed this one dead)."""
     with db.transaction() as session:
         job = session.get(ExportJob, job_id)
         assert job is not None
@@ -69,9 +71,10 @@ def run(db: Database, registry: Registry, job_id: str, worker: str, export_dir: 
         log.info("export %s: stopped (cancelled or taken over)", job_id)
         with db.transaction() as session:
             current = session.get(ExportJob, job_id)
-            if current is None or current.status == "cancelled":  # cancelled (and perhaps forgotten since)
-                jobs.remove_files(export_dir, job_id)
-        return "lost"
+            cancelled = current is None or current.status == "cancelled"  # (and perhaps forgotten since)
+        if cancelled:
+            jobs.remove_files(export_dir, job_id)
+        return "cancelled" if cancelled else "lost"
     except Exception as exc:  # the job fails, the worker goes on; the status answers 500
         log.exception("export %s failed", job_id)
         with db.transaction() as session:
@@ -152,6 +155,7 @@ def _export_type(db: Database, registry: Registry, job: ExportJob, rtype: str, f
         for _, content in rows:
             files.write(rtype, content.encode() + b"\n")
         written += len(rows)
+        EXPORT_RESOURCES.inc(len(rows))
         if len(rows) < PAGE:
             return
         after = rows[-1][0]

@@ -476,6 +476,18 @@ class BundleProcessor:
         return name
 
 
+def check_entry_count(bundle: Any, limit: int) -> None:
+    """Refuse a Bundle of more than ``limit`` entries (0: any number) before any entry is looked
+    at: 413, as for a body past ``HEALTHHUB_MAX_BODY``. The request is well-formed, only larger
+    than the server takes at once (RFC 9110 §15.5.14); a client may split it and send the parts,
+    which a 400 ("fix the request") would not tell it."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if limit and isinstance(entries, list) and len(entries) > limit:
+        raise FhirError(413, [Issue("error", "too-costly", f"The Bundle holds {len(entries):,} entries; this server "
+                                    f"processes at most {limit:,} in one transaction or batch: send them in "
+                                    "several Bundles", ("Bundle.entry",))])
+
+
 def conditional_criteria(raw_entries: list[Any]) -> Iterator[tuple[str, str]]:
     """(type, criteria) of the conditional creates and conditional updates among raw entries."""
     for raw in raw_entries:

@@ -55,6 +55,34 @@ def test_deeply_nested_json(client, db_counts):
     assert db_counts() == before
 
 
+@pytest.mark.parametrize(("method", "url", "payload", "name"), [
+    ("post", "/fhir/Patient", b'{"resourceType": "Patient", "id": "a", "id": "b"}', "id"),
+    # inside a nested element; the second spelling is the same name once unescaped
+    ("post", "/fhir/Patient", b'{"resourceType": "Patient", "name": [{"family": "Ok", "given": ["A"]}, '
+                              b'{"family": "X", "fam\\u0069ly": "Y"}]}', "family"),
+    ("put", "/fhir/Patient/dup", b'{"resourceType": "Patient", "id": "dup", "gender": "male", "gender": "female"}',
+     "gender"),
+    ("post", "/fhir", b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": '
+                      b'{"resourceType": "Patient", "active": true, "active": false}, '
+                      b'"request": {"method": "POST", "url": "Patient"}}]}', "active"),
+    ("post", "/fhir", b'{"resourceType": "Bundle", "type": "batch", "type": "transaction", "entry": []}', "type"),
+])
+def test_repeated_property_name_is_refused(client, db_counts, method, url, payload, name):
+    """A name twice in one object means what each parser decides (the last, the first, an error):
+    refused rather than stored as this parser read it (https://hl7.org/fhir/R4B/json.html)."""
+    before = db_counts()
+    resp = getattr(client, method)(url, data=payload, headers={"Content-Type": FHIR_JSON})
+    body = assert_outcome(resp, 400, "structure")
+    assert f'property name "{name}"' in body["issue"][0]["diagnostics"]
+    assert db_counts() == before
+
+
+def test_same_name_in_different_objects_is_fine(client):
+    resp = post_json(client, "/fhir/Patient", {"resourceType": "Patient", "id": "x", "meta": {"id": "m"},
+                                               "name": [{"family": "A"}, {"family": "B"}]})
+    assert resp.status_code == 201, resp.json
+
+
 def test_json_that_is_not_a_resource(client, db_counts):
     before = db_counts()
     for body in ([1, 2], "text", 42, None, {"no": "type"}):

@@ -361,3 +361,38 @@ def test_a_large_transaction_failing_late_stores_nothing(client, db_counts):
     resp = post_json(client, "/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     assert resp.status_code == 200
     assert type_total(client, "Patient") == 249
+
+
+def test_bundle_past_the_entry_limit_is_refused_before_any_entry(make_app, db_counts):
+    """HEALTHHUB_MAX_BUNDLE_ENTRIES: more entries is a 413 that names the limit; nothing is
+    written, not even the entries that were fine; the limit itself goes in."""
+    from healthhub.config import Config
+    from tests.conftest import archived, authorized
+
+    app = make_app(max_bundle_entries=3)
+    client = authorized(app)
+    before = db_counts()
+
+    def bundle(kind, n):
+        return {"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": {"resourceType": "Patient", "gender": "female"}, "request": {"method": "POST", "url": "Patient"}}
+            for _ in range(n)]}
+
+    for kind in ("transaction", "batch"):
+        resp = post_json(client, "/fhir", bundle(kind, 4))
+        assert resp.status_code == 413, resp.json
+        (issue,) = resp.json["issue"]
+        assert issue["code"] == "too-costly" and issue["expression"] == ["Bundle.entry"]
+        assert "4 entries" in issue["diagnostics"] and "at most 3" in issue["diagnostics"]
+    assert db_counts() == before
+    # The refused bodies are kept, as every refused write is (CONTRACT §6).
+    assert [(r.outcome, r.message_type) for r in archived(app)] == [
+        ("rejected", "POST transaction"), ("rejected", "POST batch")]
+    assert post_json(client, "/fhir", bundle("batch", 3)).status_code == 200
+    assert type_total(client, "Patient") == 3
+    # The default takes the largest Bundle Synthea writes (its infrastructure batches) with room to spare.
+    largest = max(len(load_json(p)["entry"]) for p in INFRA)
+    assert Config().max_bundle_entries >= 4 * largest
+    assert Config.from_env({"HEALTHHUB_MAX_BUNDLE_ENTRIES": "0"}).max_bundle_entries == 0
+    unlimited = authorized(make_app(max_bundle_entries=0))  # 0: no limit
+    assert post_json(unlimited, "/fhir", bundle("batch", 4)).status_code == 200

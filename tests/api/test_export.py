@@ -231,6 +231,25 @@ def test_a_job_outlives_a_worker_that_died(hub: Any) -> None:
         assert session.get(ExportJob, job_id).attempts == 2
 
 
+def test_a_job_cancelled_while_it_runs_stops_as_cancelled(hub: Any) -> None:
+    """The worker learns of the DELETE at its next page and stops, its files removed; it reports
+    ``cancelled`` (``healthhub_export_jobs_total{outcome="cancelled"}``), not ``lost``."""
+    from healthhub.bulk import jobs, writer
+    from healthhub.clock import utcnow
+    from healthhub.search.registry import default_registry
+
+    client = authorized(hub, "system/*.rs")
+    status = status_path(kick_off(client, "/fhir/$export?_type=Patient"))
+    runner = worker(hub)
+    db = hub.extensions["healthhub.db"]
+    with db.transaction() as session:
+        job_id = jobs.claim(session, runner.name, utcnow())  # taken, not written yet
+    assert job_id is not None and client.delete(status).status_code == 202
+    assert writer.run(db, default_registry(), job_id, runner.name, runner.export_dir,
+                      runner.config.export_file_max, runner.retention) == "cancelled"
+    assert not (runner.export_dir / job_id).exists()
+
+
 def test_a_failed_job_answers_500(hub: Any, tmp_path: Path) -> None:
     client = authorized(hub, "system/*.rs")
     status = status_path(kick_off(client, "/fhir/$export?_type=Patient"))
