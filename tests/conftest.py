@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from healthhub import create_app, migrate
 from healthhub.config import Config
 from healthhub.db import make_engine
 from healthhub.storage.models import Base
+from tests.redis_server import BINARY as REDIS_SERVER
+from tests.redis_server import SKIP_REASON as NO_REDIS_SERVER
+from tests.redis_server import RedisServer
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -97,6 +101,51 @@ def make_app(base_config: Config) -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def app(make_app: Callable[..., Any]) -> Any:
     return make_app()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the session (tests/redis_server.py); skips where none is installed."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_SERVER)
+    server = RedisServer(REDIS_SERVER)
+    server.start()
+    yield server
+    server.remove()
+
+
+@dataclass
+class RedisStore:
+    """What a test sets ``HEALTHHUB_REDIS_URL`` to, and a client to look into that store."""
+
+    kind: str  # "fakeredis" or "redis-server"
+    url: str
+    client: Any
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> Iterator[RedisStore]:
+    """The session's real redis-server, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    client.flushall()
+    yield RedisStore("redis-server", redis_server.url, client)
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def redis_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisStore]:
+    """Each Redis test twice: on fakeredis (``redis.Redis.from_url`` answers with an in-memory
+    server shared by every client of the test), then on a real redis-server."""
+    if request.param == "redis-server":
+        yield request.getfixturevalue("real_redis")
+        return
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr("redis.Redis.from_url", lambda *_a, **_k: fakeredis.FakeRedis(server=server))
+    yield RedisStore("fakeredis", "redis://fakeredis", fakeredis.FakeRedis(server=server))
 
 
 #: What the default test client may do: everything (a hospital system's widest registration).

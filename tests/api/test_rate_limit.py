@@ -1,15 +1,17 @@
 """Rate limits: per client once authenticated, per address before; 429 + Retry-After +
 OperationOutcome past the limit; counters shared by every process (the database, or Redis);
-operator endpoints never limited; a counter store that fails lets requests through."""
+operator endpoints never limited; a counter store that fails lets requests through. The Redis
+counters run on fakeredis and on a real redis-server (``redis_store``, tests/conftest.py); Redis
+going away and coming back: test_redis_outage.py."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import fakeredis
 import pytest
 
-from healthhub.ratelimit.counters import DatabaseCounter, Limiter, RedisCounter
-from tests.conftest import issue_token
+from healthhub.ratelimit.counters import WINDOW, DatabaseCounter, Limiter, RedisCounter
+from tests.conftest import RedisStore, issue_token
 
 
 def bearer(app: Any, client_id: str) -> dict[str, str]:
@@ -62,13 +64,38 @@ def test_the_database_counter_batches_its_writes_but_keeps_the_total(make_app: A
     assert one.hit("client:a", window) >= 26
 
 
-def test_redis_counters(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = fakeredis.FakeServer()
-    monkeypatch.setattr("redis.Redis.from_url", lambda *_a, **_k: fakeredis.FakeRedis(server=server))
-    first, second = Limiter(RedisCounter("redis://x"), 3), Limiter(RedisCounter("redis://x"), 3)
+def test_redis_counters(redis_store: RedisStore) -> None:
+    first, second = Limiter(RedisCounter(redis_store.url), 3), Limiter(RedisCounter(redis_store.url), 3)
     verdicts = [(first if i % 2 else second).check("client:r", now=1_800_000_010.0).allowed for i in range(5)]
     assert verdicts == [True, True, True, False, False]
     assert first.check("client:r", now=1_800_000_070.0).allowed  # the next minute
+    assert 0 < redis_store.client.ttl("healthhub:rl:client:r:1800000000") <= 2 * WINDOW  # old windows expire
+
+
+def wait_for_a_fresh_window(seconds: float) -> None:
+    """Sleep into the next one-minute window when fewer than ``seconds`` are left of this one:
+    a burst of requests that must all count together stays in one window."""
+    left = WINDOW - time.time() % WINDOW
+    if left < seconds:
+        time.sleep(left + 0.05)
+
+
+def test_two_apps_share_the_redis_counters(make_app: Any, real_redis: RedisStore) -> None:
+    """Two apps (two web processes) on the same database and the same real redis-server: hits
+    through one count against the limit in the other — for a client and for an address."""
+    first, second = make_app(rate_limit=20, redis_url=real_redis.url), make_app(rate_limit=20, redis_url=real_redis.url)
+    headers = bearer(first, "shared-system")
+    webs = [first.test_client(), second.test_client()]
+    wait_for_a_fresh_window(3)
+    codes = [webs[i % 2].get("/fhir/Patient", headers=headers).status_code for i in range(24)]
+    assert codes == [200] * 20 + [429] * 4
+    # Every hit is in Redis (none held back in a process): the second alone is refused at once.
+    assert webs[1].get("/fhir/Patient", headers=headers).status_code == 429
+    assert [int(real_redis.client.get(k)) for k in real_redis.client.keys("healthhub:rl:client:shared-system:*")] \
+        == [25]
+    addr = {"REMOTE_ADDR": "203.0.113.77"}
+    by_first = [webs[0].get("/fhir/metadata", environ_base=addr).status_code for _ in range(20)]
+    assert by_first == [200] * 20 and webs[1].get("/fhir/metadata", environ_base=addr).status_code == 429
 
 
 def test_a_failing_counter_store_lets_requests_through() -> None:
