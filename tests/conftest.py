@@ -21,9 +21,7 @@ from healthhub import create_app, migrate
 from healthhub.config import Config
 from healthhub.db import make_engine
 from healthhub.storage.models import Base
-from tests.redis_server import BINARY as REDIS_SERVER
-from tests.redis_server import SKIP_REASON as NO_REDIS_SERVER
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_server
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,12 +104,8 @@ def app(make_app: Callable[..., Any]) -> Any:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real ``redis-server`` for the session (tests/redis_server.py); skips where none is installed."""
-    if REDIS_SERVER is None:
-        pytest.skip(NO_REDIS_SERVER)
-    server = RedisServer(REDIS_SERVER)
-    server.start()
-    yield server
-    server.remove()
+    with running_server() as server:
+        yield server
 
 
 @dataclass

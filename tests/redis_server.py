@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BINARY = shutil.which("redis-server")
@@ -106,4 +107,19 @@ _SERVERS: list[RedisServer] = []
 @atexit.register
 def _remove_servers() -> None:
     for server in _SERVERS:
+        server.remove()
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[RedisServer]:
+    """A started server, removed afterwards; the test is skipped where none is installed."""
+    import pytest
+
+    if BINARY is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(BINARY)
+    server.start()
+    try:
+        yield server
+    finally:
         server.remove()

@@ -24,7 +24,7 @@ import pytest
 from healthhub.auth import revocation
 from tests.api.test_rate_limit import wait_for_a_fresh_window
 from tests.auth.test_revocation_shared import backend_client, revoke_through, token_from
-from tests.redis_server import BINARY, SKIP_REASON, RedisServer
+from tests.redis_server import RedisServer, running_server
 
 LIMIT = 10
 #: The longest a request may take while Redis is away: its two Redis calls' socket timeouts
@@ -38,12 +38,8 @@ _addresses = (f"198.51.100.{i % 250 + 1}" for i in itertools.count())
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone: it is frozen, stopped and started again."""
-    if BINARY is None:
-        pytest.skip(SKIP_REASON)
-    server = RedisServer(BINARY)
-    server.start()
-    yield server
-    server.remove()
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture
