@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ..clock import utcnow
 from ..db import Database
+from ..redis_guard import GuardedRedis, Unavailable
 from .models import RevokedToken
 
 REFRESH_EVERY = 5.0
@@ -32,11 +32,7 @@ log = logging.getLogger("healthhub.auth")
 class RevocationList:
     def __init__(self, db: Database, redis_url: str = "") -> None:
         self.db = db
-        self.redis: Any = None
-        if redis_url:
-            import redis
-
-            self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.redis = GuardedRedis(redis_url, timeout=0.5) if redis_url else None
         self._lock = threading.Lock()
         self._jtis: frozenset[str] = frozenset()
         self._local: set[str] = set()
@@ -46,8 +42,10 @@ class RevocationList:
         """Whether the token ``jti`` is revoked."""
         if self.redis is not None:
             try:
-                if self.redis.exists(_key(jti)):
+                if self.redis.call(lambda client: client.exists(_key(jti))):
                     return True
+            except Unavailable:  # failed moments ago (logged then): the database's list answers
+                pass
             except Exception:  # Redis away: the database's list still answers (within its delay)
                 log.warning("revocation check: Redis unavailable; using the database's list")
         if time.monotonic() - self._read_at > REFRESH_EVERY:
@@ -67,7 +65,7 @@ class RevocationList:
             self._local.add(jti)
         if self.redis is not None:
             try:  # before the commit: a rollback leaves a token revoked that need not be — never the reverse
-                self.redis.set(_key(jti), b"1", exat=int(expires_at.timestamp()) + 1)
+                self.redis.call(lambda client: client.set(_key(jti), b"1", exat=int(expires_at.timestamp()) + 1))
             except Exception:
                 log.warning("revocation: Redis unavailable; other processes see it within %.0f s", REFRESH_EVERY)
 

@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..db import Database
+from ..redis_guard import GuardedRedis, Unavailable
 from .models import RateLimitCounter
 
 log = logging.getLogger("healthhub.ratelimit")
@@ -44,17 +45,18 @@ class Counter(Protocol):
 
 class RedisCounter:
     def __init__(self, url: str) -> None:
-        import redis
-
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.redis = GuardedRedis(url, timeout=1.0)
 
     def hit(self, key: str, window: int) -> int:
         name = f"healthhub:rl:{key}:{window}"
-        pipe = self.client.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, WINDOW * 2, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
+
+        def count(client: Any) -> int:
+            pipe = client.pipeline()
+            pipe.incr(name)
+            pipe.expire(name, WINDOW * 2, nx=True)
+            total, _ = pipe.execute()
+            return int(total)
+        return self.redis.call(count)
 
 
 @dataclass
@@ -156,6 +158,8 @@ class Limiter:
         window = int(now) // WINDOW * WINDOW
         try:
             count = self.counter.hit(key, window)
+        except Unavailable:  # Redis failed moments ago (logged then): not asked, let through
+            return Verdict(True, self.limit, self.limit, 0)
         except Exception:
             log.warning("rate limit: counter store unavailable; request let through", exc_info=True)
             return Verdict(True, self.limit, self.limit, 0)

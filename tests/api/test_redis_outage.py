@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from healthhub import redis_guard
 from healthhub.auth import revocation
 from tests.api.test_rate_limit import wait_for_a_fresh_window
 from tests.auth.test_revocation_shared import backend_client, revoke_through, token_from
@@ -31,6 +32,7 @@ LIMIT = 10
 #: (0.5 s + 1 s) and the request itself, with room for a busy machine. Longer is a hang.
 BOUND = 5.0
 REFRESH = 1.0  # REFRESH_EVERY in this test
+COOLDOWN = 2.0  # redis_guard.COOLDOWN in this test: longer than the frozen phase's fast requests
 
 _addresses = (f"198.51.100.{i % 250 + 1}" for i in itertools.count())
 
@@ -93,6 +95,7 @@ def eventually_refused(webs: list[Any], bearer: dict[str, str], within: float) -
 def test_redis_away_and_back(make_app: Any, own_redis: RedisServer, spy: Any, monkeypatch: pytest.MonkeyPatch,
                              caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(revocation, "REFRESH_EVERY", REFRESH)
+    monkeypatch.setattr(redis_guard, "COOLDOWN", COOLDOWN)
     first = make_app(rate_limit=LIMIT, redis_url=own_redis.url)
     second = make_app(rate_limit=LIMIT, redis_url=own_redis.url)
     one, two = first.test_client(), second.test_client()
@@ -120,6 +123,9 @@ def test_redis_away_and_back(make_app: Any, own_redis: RedisServer, spy: Any, mo
     for web in webs:
         code, took = ask(web, alive)
         assert code == 200 and took < BOUND
+        # …and in the cool-down after that failure Redis is not asked: no request waits for it.
+        code, took = ask(web, alive)
+        assert code == 200 and took < 0.5, f"{took:.2f} s: Redis asked again during the cool-down"
     assert status(two, revoked_before) == 401
 
     # Redis gone (SIGKILL: connections refused): let through past the limit, at once; revocations
@@ -139,6 +145,7 @@ def test_redis_away_and_back(make_app: Any, own_redis: RedisServer, spy: Any, mo
 
     # Redis back on the same port, empty: counting resumes (exact and shared again).
     own_redis.start()
+    time.sleep(COOLDOWN)  # the apps ask Redis again once their cool-down is over
     wait_for_a_fresh_window(3)
     codes = [status(webs[i % 2], alive) for i in range(LIMIT + 2)]
     assert codes == [200] * LIMIT + [429] * 2
