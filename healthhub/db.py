@@ -4,6 +4,7 @@ Sessions are owned at the edge (a view, a CLI command): they commit; the reposit
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import jsonio
 from .audit.chain import sha256_hex
+from .breaker import Breaker
 from .config import Config
 from .outcome import aborted_for_concurrency
 
@@ -24,6 +26,9 @@ from .outcome import aborted_for_concurrency
 #: request may try up to three times during an outage (token revocations, rate-limit counter,
 #: its own work; HL7's archive after a failure): 3 s keeps its 503 or AE within ~10 s.
 CONNECT_TIMEOUT = 3
+#: Seconds searches and statistics read the primary after the replica could not be reached.
+REPLICA_COOLDOWN = 10.0
+log = logging.getLogger("healthhub.db")
 
 
 def make_engine(config: Config) -> Engine:
@@ -118,6 +123,7 @@ class Database:
                             if config.read_database_url else self.engine)
         self.read_sessionmaker = (sessionmaker(self.read_engine, expire_on_commit=False)
                                   if self.read_engine is not self.engine else self.sessionmaker)
+        self._replica = Breaker(REPLICA_COOLDOWN)
         from .storage.planner_stats import PlannerStatistics
 
         self.planner_stats = PlannerStatistics(self.engine)
@@ -136,12 +142,36 @@ class Database:
 
     @contextmanager
     def read_transaction(self) -> Iterator[Session]:
-        """A read-only transaction on the replica (the primary when there is none)."""
-        with self.read_sessionmaker() as session:
-            with session.begin():
-                if self.has_replica and self.read_engine.dialect.name == "postgresql":
-                    session.execute(text("SET TRANSACTION READ ONLY"))
-                yield session
+        """A read-only transaction on the replica — the primary when there is none, or when the
+        replica cannot be reached: its reads are what the replica would answer, fresher. After a
+        failure to connect the replica is left alone for :data:`REPLICA_COOLDOWN` seconds
+        (``breaker.py``), so a dead replica costs one connect timeout per process per cool-down,
+        not one per search."""
+        if self.has_replica and not self._replica.open:
+            session = self.read_sessionmaker()
+            transaction = session.begin()
+            try:
+                session.connection()  # connects now: a dead replica fails here, not mid-search
+            except DBAPIError as exc:
+                session.close()
+                if not unreachable(exc):
+                    raise
+                if self._replica.failed():
+                    log.warning("read replica unreachable (%s); searches and statistics read the primary "
+                                "for %.0f s", type(exc.orig).__name__, REPLICA_COOLDOWN)
+            else:
+                with session, transaction:
+                    if self.read_engine.dialect.name == "postgresql":
+                        session.execute(text("SET TRANSACTION READ ONLY"))
+                    yield session
+                return
+        with self.transaction() as session:
+            yield session
+
+    @property
+    def reads_on_replica(self) -> bool:
+        """Whether searches and statistics go to the replica now (one is set and not cooling down)."""
+        return self.has_replica and not self._replica.open
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -5,15 +5,15 @@ Rate-limit counters and token revocations ask Redis on every request
 database's revocation list). A Redis that hangs costs each request its socket timeouts — 1.5 s
 for the two calls (tests/api/test_redis_outage.py) — so after one failure this process does not
 ask Redis again for :data:`COOLDOWN` seconds: one slow request per process per cool-down during
-an outage instead of every request (a circuit breaker, in its simplest form). The first request
+an outage instead of every request (``breaker.py``). The first request
 after the cool-down tries again, so the hub uses Redis again by itself once it is back.
 """
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from .breaker import Breaker
 
 T = TypeVar("T")
 #: Seconds Redis is left alone after a failed call.
@@ -29,17 +29,15 @@ class GuardedRedis:
         import redis
 
         self.client: Any = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._lock = threading.Lock()
-        self._resume_at = 0.0
+        self._breaker = Breaker(COOLDOWN)
 
     def call(self, action: Callable[[Any], T]) -> T:
         """``action(client)``; raises :class:`Unavailable` during a cool-down, and re-raises
         (starting one) what a failed call raised."""
-        if time.monotonic() < self._resume_at:
-            raise Unavailable(f"Redis failed less than {COOLDOWN:.0f} s ago")
+        if self._breaker.open:
+            raise Unavailable(f"Redis failed less than {self._breaker.cooldown:.0f} s ago")
         try:
             return action(self.client)
         except Exception:
-            with self._lock:
-                self._resume_at = time.monotonic() + COOLDOWN
+            self._breaker.failed()
             raise

@@ -2,8 +2,9 @@
 
 - ``GET /healthz``: liveness — the process answers (no database call: a database outage must not
   make an orchestrator restart every web process).
-- ``GET /readyz``: readiness — the database (and the read replica, when configured) answers a
-  query within a couple of seconds; 503 otherwise, so a load balancer stops sending traffic.
+- ``GET /readyz``: readiness — the database answers a query within a couple of seconds; 503
+  otherwise, so a load balancer stops sending traffic. The read replica, when configured, is
+  checked and reported too, but does not decide: without it reads go to the primary.
 - ``GET /metrics``: Prometheus text format (healthhub/metrics.py), for a scraper presenting
   ``Authorization: Bearer $HEALTHHUB_METRICS_TOKEN``; closed (404) while no token is configured —
   traffic figures are not for everyone on the network.
@@ -55,7 +56,10 @@ def readyz() -> Response:
         except Exception as exc:  # any failure means "not ready"; the reason goes to the log only
             log.warning("readiness: %s unavailable: %s", name, type(exc).__name__)
             checks[name] = "unavailable"
-    ready = all(v == "ok" for v in checks.values())
+    # Ready is the primary's answer: without the replica, searches and statistics read the
+    # primary (db.read_transaction), and every process shares one replica — failing readiness for
+    # it would take every process out of the load balancer for reads the primary can serve.
+    ready = checks["database"] == "ok"
     return _json({"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,39 @@ def test_liveness_and_readiness(app: Any) -> None:
     assert ready.status_code == 200 and ready.get_json() == {"status": "ready", "database": "ok"}
 
 
-def test_readiness_fails_when_a_database_is_unreachable(make_app: Any) -> None:
-    app = make_app(read_database_url=UNREACHABLE)
+def test_readiness_fails_when_the_database_is_unreachable(make_app: Any) -> None:
+    app = make_app()
+    db = app.extensions["healthhub.db"]
+    primary = db.engine
+    db.engine = db.read_engine = make_engine(replace(app.config["HEALTHHUB"], database_url=UNREACHABLE))
+    try:
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 503, ready.get_data(as_text=True)
+        assert ready.get_json() == {"status": "unavailable", "database": "unavailable"}
+        assert app.test_client().get("/healthz").status_code == 200  # alive all the same
+    finally:
+        db.engine.dispose()
+        db.engine = db.read_engine = primary
+
+
+def test_without_its_replica_the_hub_reads_the_primary_and_stays_ready(
+        make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A replica that cannot be reached reports as such, but the hub stays ready: searches and
+    statistics read the primary, and the replica is left alone for a cool-down (one warning)."""
+    app = make_app(read_database_url=UNREACHABLE, min_cell=1)
     ready = app.test_client().get("/readyz")
-    assert ready.status_code == 503
-    assert ready.get_json() == {"status": "unavailable", "database": "ok", "read_database": "unavailable"}
-    assert app.test_client().get("/healthz").status_code == 200  # alive all the same
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "database": "ok", "read_database": "unavailable"}
+    client = authorized(app, "system/*.cruds stats.read")
+    put_json(client, "/fhir/Patient/on-primary", {"resourceType": "Patient", "id": "on-primary", "gender": "male"})
+    caplog.set_level(logging.WARNING, logger="healthhub.db")
+    for _ in range(3):
+        found = client.get("/fhir/Patient?gender=male").get_json()
+        assert [e["resource"]["id"] for e in found["entry"]] == ["on-primary"]
+        assert client.get("/stats/Patient?_group-by=gender").get_json()["total"] == 1
+    assert not app.extensions["healthhub.db"].reads_on_replica
+    assert [r.getMessage()[:29] for r in caplog.records if r.name == "healthhub.db"] == ["read replica unreachable (Ope"]
+    assert "search-type" in audited_subtypes(app)  # audited on the primary all the same
 
 
 def test_metrics_are_closed_without_a_token_and_need_the_right_one(make_app: Any) -> None:
