@@ -83,7 +83,7 @@ def has_facts(resource_type: str) -> bool:
                                               or code_params(resource_type))
 
 
-#: A Patient's attributes on its own row: (column, parameter, the extracted value's field).
+#: A Patient's attributes on its own row: (column, search parameter it is taken from).
 PATIENT_ATTRIBUTES = (("gender", "gender"), ("province", "address-state"), ("district", "address-district"))
 
 

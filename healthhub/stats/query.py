@@ -70,8 +70,8 @@ class Aggregation:
 
     def count(self, req: SearchRequest, dims: list[Dimension], count_by: str = "resource",
               code_system: str | None = None) -> Counts:
-        """Count the matches of ``req`` per combination of ``dims`` values (two statements: the
-        grouped counts and the cohort's total)."""
+        """Count the matches of ``req`` per combination of ``dims`` values: the grouped counts,
+        and the cohort's total (a statement of its own where the cells do not add up to it)."""
         grouped, total_stmt, widths = self._statements(req, dims, count_by, code_system)
         cells: dict[Key, int] = {}
         for row in self.session.execute(grouped):

@@ -160,7 +160,7 @@ SearchComposite = _search_table(
 #: sex, birth day, province and district.
 SearchFacts = _search_table("search_facts", {
     "patient_id": String(64), "event_at": Instant, "event_day": Integer, "seq": SmallInteger,
-    "system": Text, "code": Text, "gender": String(64), "birth_day": Integer, "province": Text, "district": Text}, [])
+    "system": Text, "code": Text, "gender": Text, "birth_day": Integer, "province": Text, "district": Text}, [])
 SEARCH_TABLES = (SearchString, SearchToken, SearchReference, SearchDate, SearchNumber, SearchQuantity,
                  SearchUri, SearchComposite, SearchFacts)
 

@@ -23,7 +23,7 @@ branch_labels = None
 depends_on = None
 
 COLUMNS = (("event_day", sa.Integer()), ("seq", sa.SmallInteger()), ("system", sa.Text()), ("code", sa.Text()),
-           ("gender", sa.String(64)), ("birth_day", sa.Integer()), ("province", sa.Text()),
+           ("gender", sa.Text()), ("birth_day", sa.Integer()), ("province", sa.Text()),
            ("district", sa.Text()))
 
 
