@@ -455,15 +455,19 @@ class Hub:
 
     # -- processes
 
+    def _launch(self, command: str, *args: str) -> subprocess.Popen[bytes]:
+        """``healthhub <command> --host 127.0.0.1 <args>`` in a process group of its own, logging
+        to ``<command>.log`` in the work folder, killed at exit whatever happens."""
+        with (self.workdir / f"{command}.log").open("ab") as log:
+            proc = subprocess.Popen([*healthhub_command(), command, "--host", "127.0.0.1", *args],
+                                    cwd=PROJECT_ROOT, env=self.env(command), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        _register_for_exit(proc)
+        return proc
+
     def start_server(self, timeout: float = 120.0) -> None:
         """``healthhub serve --workers 4``, ready when /fhir/metadata answers and all workers run."""
-        with (self.workdir / "serve.log").open("ab") as log:
-            self.server = subprocess.Popen(
-                [*healthhub_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(WORKERS)],
-                cwd=PROJECT_ROOT, env=self.env("serve"), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        _register_for_exit(self.server)
+        self.server = self._launch("serve", "--port", str(self.port), "--workers", str(WORKERS))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
@@ -513,13 +517,7 @@ class Hub:
 
     def start_listener(self, timeout: float = 60.0) -> None:
         """``healthhub mllp`` on ``mllp_port``, ready when it accepts a connection."""
-        with (self.workdir / "mllp.log").open("ab") as log:
-            self.listener = subprocess.Popen(
-                [*healthhub_command(), "mllp", "--host", "127.0.0.1", "--port", str(self.mllp_port),
-                 "--idle-timeout", "30"],
-                cwd=PROJECT_ROOT, env=self.env("mllp"), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        _register_for_exit(self.listener)
+        self.listener = self._launch("mllp", "--port", str(self.mllp_port), "--idle-timeout", "30")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.listener.poll() is not None:

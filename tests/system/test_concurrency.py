@@ -103,13 +103,21 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(hub: Hub) -> None
         if rec.answered("create", resp, {200, 201}):
             rec.created(key, resp.status_code, resp.json()["id"])
 
-    def update(web: requests.Session, rng: random.Random, marker: str) -> None:
-        rid = rng.choice(hot_ids)
+    def renamed(web: requests.Session, rid: str, marker: str) -> tuple[requests.Response, dict[str, Any]] | None:
+        """The read of Patient ``rid`` and its body renamed to ``marker``; None when the read failed."""
         got = web.get(f"{hub.fhir}/Patient/{rid}", timeout=TIMEOUT)
         if not rec.answered("read", got, {200}):
-            return
+            return None
         body = got.json()
         body["name"] = [{"text": marker}]
+        return got, body
+
+    def update(web: requests.Session, rng: random.Random, marker: str) -> None:
+        rid = rng.choice(hot_ids)
+        read = renamed(web, rid, marker)
+        if read is None:
+            return
+        got, body = read
         resp = web.put(f"{hub.fhir}/Patient/{rid}", json=body, timeout=TIMEOUT,
                        headers={"If-Match": got.headers["ETag"]})
         # 412: another client updated it since our read; 409: the database aborted us for one
@@ -136,11 +144,10 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(hub: Hub) -> None
         hot = None
         if rng.random() < 0.5:  # and an If-Match update of a hot resource: the whole Bundle or nothing
             hot = rng.choice(hot_ids)
-            got = web.get(f"{hub.fhir}/Patient/{hot}", timeout=TIMEOUT)
-            if not rec.answered("read", got, {200}):
+            read = renamed(web, hot, marker)
+            if read is None:
                 return
-            body = got.json()
-            body["name"] = [{"text": marker}]
+            got, body = read
             entries.append({"resource": body, "request": {"method": "PUT", "url": f"Patient/{hot}",
                                                           "ifMatch": got.headers["ETag"]}})
         resp = web.post(hub.fhir, timeout=TIMEOUT,
