@@ -5,7 +5,8 @@ Sessions are owned at the edge (a view, a CLI command): they commit; the reposit
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import jsonio
@@ -26,6 +28,8 @@ from .outcome import aborted_for_concurrency
 #: request may try up to three times during an outage (token revocations, rate-limit counter,
 #: its own work; HL7's archive after a failure): 3 s keeps its 503 or AE within ~10 s.
 CONNECT_TIMEOUT = 3
+#: Seconds a pooled PostgreSQL connection may sit idle before it is pinged on checkout.
+PING_IDLE = 1.0
 #: Seconds searches and statistics read the primary after the replica could not be reached.
 REPLICA_COOLDOWN = 10.0
 log = logging.getLogger("healthhub.db")
@@ -49,7 +53,6 @@ def make_engine(config: Config) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"timeout": 30}
     else:
-        options["pool_pre_ping"] = True
         # No server-side prepared statements: a generic plan cached while a table was still
         # small stays bad after it grows (a 1000x slowdown seen when loading Synthea), and
         # prepared statements do not survive PgBouncer's transaction pooling.
@@ -69,7 +72,33 @@ def make_engine(config: Config) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     else:
         event.listen(engine, "connect", _postgres_settings)
+        event.listen(engine, "checkin", _mark_used)
+        event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
     return engine
+
+
+def _mark_used(_dbapi_connection: Any, record: Any) -> None:
+    record.info["used"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect) -> Callable[[Any, Any, Any], None]:
+    """Check a pooled connection before lending it out, as ``pool_pre_ping`` does, but only when
+    it has been idle for :data:`PING_IDLE` seconds (HikariCP's ``aliveBypassWindowMs``): a
+    connection that answered a moment ago is alive, and the ping was one of a read by id's five
+    round trips. One that died since (the server restarted within that second) fails its
+    statement; SQLAlchemy then discards the whole pool, so the next request connects anew.
+    https://docs.sqlalchemy.org/en/20/core/pooling.html#disconnect-handling-pessimistic"""
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("used", float("-inf")) < PING_IDLE:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool replaces the connection (and retries) on DisconnectionError
+            raise DisconnectionError(f"pooled connection failed its ping ({type(exc).__name__})") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
+    return checkout
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -81,7 +110,7 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and not aborted_for_concurrency(exc) or exc.connection_invalidated
 
 
-def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
+def _postgres_settings(dbapi_connection: Any, record: Any) -> None:
     # PostgreSQL caches the plan of each foreign-key check per connection and, after five runs,
     # keeps a generic plan made with the statistics of that moment: on a connection opened while
     # `resources` was empty it reads every resource of the type per check, for the connection's
@@ -91,6 +120,7 @@ def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cur:
         cur.execute("SET plan_cache_mode = force_custom_plan")
     dbapi_connection.commit()
+    _mark_used(dbapi_connection, record)  # it just answered: no ping on its first checkout
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -116,6 +146,8 @@ class Database:
         self.config = config
         self.engine = make_engine(config)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if self.engine.dialect.name == "postgresql" else None)
         # HEALTHHUB_READ_DATABASE_URL: a streaming replica (docs/deployment.md) for the reads that
         # may lag the primary by the replication delay — searches and statistics. Reads by id,
         # history, writes and everything in a write's transaction stay on the primary.
@@ -135,6 +167,20 @@ class Database:
             with session.begin():
                 yield session
         self.planner_stats.after_write()
+
+    @contextmanager
+    def statements(self) -> Iterator[Session]:
+        """A session whose statements each commit on their own (PostgreSQL autocommit), for a
+        unit of work that reads and then appends its audit record, one statement each: the
+        same answer as in a transaction — at READ COMMITTED every statement takes its own
+        snapshot anyway — without BEGIN and COMMIT, two of a read by id's four round trips.
+        Not for anything that writes twice. On SQLite (in process, no round trips) a transaction."""
+        if self._autocommit is None:
+            with self.transaction() as session:
+                yield session
+            return
+        with Session(self._autocommit, expire_on_commit=False) as session:
+            yield session
 
     @property
     def has_replica(self) -> bool:

@@ -67,10 +67,12 @@ def _request_context() -> RequestContext:
 
 
 @contextmanager
-def unit_of_work() -> Iterator[Repository]:
-    """One repository in one database transaction for this request (commit on success)."""
+def unit_of_work(read_only: bool = False) -> Iterator[Repository]:
+    """One repository in one database transaction for this request (commit on success).
+    ``read_only``: a read by id or version, one statement, and its audit record, another:
+    no transaction around them (``Database.statements``)."""
     db: Database = current_app.extensions["healthhub.db"]
-    with db.transaction() as session:
+    with (db.statements() if read_only else db.transaction()) as session:
         repo = Repository(session, _request_context())
         yield repo
         if repo.written_patients:  # match and link them, in the same transaction (healthhub/mpi)
@@ -187,7 +189,7 @@ def instance(rtype: str, rid: str) -> Response:
     resources.check_id(rid)
     if_match = request.headers.get("If-Match")
     if request.method in ("GET", "HEAD"):
-        with unit_of_work() as repo:
+        with unit_of_work(read_only=True) as repo:
             stored = repo.read(rtype, rid)
         return _read_response(stored)
     if request.method == "PUT":
@@ -229,7 +231,7 @@ def instance_sub(rtype: str, rid: str, sub: str) -> Response:
 def vread(rtype: str, rid: str, vid: str) -> Response:
     rtype = _type(rtype)
     resources.check_id(rid)
-    with unit_of_work() as repo:
+    with unit_of_work(read_only=True) as repo:
         stored = repo.vread(rtype, rid, vid)
     return _read_response(stored)
 

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
-from sqlalchemy import Select, and_, func, insert, literal, null, select, text, union_all, update
+from sqlalchemy import Select, and_, bindparam, func, insert, literal, null, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,6 +40,8 @@ from ..outcome import (
 from ..search import store
 from . import bulk
 from .models import Resource, ResourceVersion
+
+_RESOURCES = Resource.__table__
 
 
 @dataclass(frozen=True)
@@ -440,10 +443,7 @@ class Repository:
     # -- internals -----------------------------------------------------------------------
 
     def _current(self, resource_type: str, resource_id: str, for_update: bool = False) -> Stored | None:
-        stmt = select(Resource).where(Resource.resource_type == resource_type, Resource.id == resource_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self.session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+        row = self.session.execute(_current_statement(for_update), {"rtype": resource_type, "rid": resource_id}).first()
         return None if row is None else _stored(row)
 
     def lock_criteria(self, resource_type: str, *queries: str) -> None:
@@ -672,7 +672,18 @@ def _criteria_key(resource_type: str, query: str) -> str:
     return f"conditional:{resource_type}?" + "&".join(f"{k}={v}" for k, v in pairs)
 
 
-def _stored(row: Resource) -> Stored:
+@lru_cache(maxsize=2)
+def _current_statement(for_update: bool) -> Select[Any]:
+    """The current row of ``:rtype/:rid``, built once: Core rows, not ORM entities (nothing is
+    changed through the identity map), and a prebuilt statement — building the select and its
+    cache key per call was ~200 µs of a read by id's ~500 µs in the database layer."""
+    table = _RESOURCES
+    stmt = select(table.c.resource_type, table.c.id, table.c.version_id, table.c.last_updated, table.c.deleted,
+                  table.c.content).where(table.c.resource_type == bindparam("rtype"), table.c.id == bindparam("rid"))
+    return stmt.with_for_update() if for_update else stmt
+
+
+def _stored(row: Any) -> Stored:
     return Stored(row.resource_type, row.id, row.version_id, aware(row.last_updated), row.deleted,
                   ordered(row.content), "GET")
 
