@@ -88,6 +88,37 @@ def test_without_its_replica_the_hub_reads_the_primary_and_stays_ready(
     assert "search-type" in audited_subtypes(app)  # audited on the primary all the same
 
 
+def _kill_pooled_connections(app: Any) -> int:
+    """Terminate the server side of every connection idle in the app's pool (as a database
+    restart, a failover or an idle-connection reaper would); how many were terminated."""
+    pool = app.extensions["healthhub.db"].engine.pool
+    pids = [record.dbapi_connection.info.backend_pid for record in list(pool._pool.queue)]  # QueuePool's idle ones
+    killer = make_engine(app.config["HEALTHHUB"])
+    try:
+        with killer.connect() as conn:
+            return int(conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM unnest(CAST(:pids AS int[])) "
+                                         "AS p(pid)"), {"pids": pids}).scalar_one())
+    finally:
+        killer.dispose()
+
+
+def test_connections_the_server_dropped_are_replaced_without_failing_a_request(
+        make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection idle for longer than PING_IDLE is pinged before use: one the server
+    closed meanwhile is replaced, and the request is answered as if nothing happened."""
+    app = make_app()
+    if app.extensions["healthhub.db"].engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    client = authorized(app)
+    put_json(client, "/fhir/Patient/pooled", {"resourceType": "Patient", "id": "pooled"})
+    assert client.get("/fhir/Patient/pooled").status_code == 200
+    monkeypatch.setattr("healthhub.db.PING_IDLE", 0.0)  # every connection counts as idle
+    assert _kill_pooled_connections(app) >= 1
+    for _ in range(3):
+        assert client.get("/fhir/Patient/pooled").status_code == 200
+        assert client.get("/fhir/Patient?_id=pooled").get_json()["total"] == 1
+
+
 def test_metrics_are_closed_without_a_token_and_need_the_right_one(make_app: Any) -> None:
     closed = make_app().test_client().get("/metrics")
     assert closed.status_code == 404 and closed.get_json()["resourceType"] == "OperationOutcome"
