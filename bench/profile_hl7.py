@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.database import DEFAULT_POSTGRES_URL, bench_database  # noqa: E402
 from bench.hospital import HL7_SENDER, WARMUP_MESSAGES, lab_report, register_senders  # noqa: E402
-from healthhub import ingest_pipeline  # noqa: E402
+from healthhub import gctune, ingest_pipeline  # noqa: E402
 from healthhub.config import Config  # noqa: E402
 from healthhub.db import Database  # noqa: E402
 from healthhub.ingest.pipeline import Caller  # noqa: E402
@@ -56,6 +56,7 @@ def main() -> int:
         database = Database(Config(database_url=db.url))
         pipeline = ingest_pipeline(database, database.config)
         caller = Caller("mllp", peer="127.0.0.1:0")
+        gctune.settle()  # as healthhub mllp does
         try:
             for i in range(WARMUP_MESSAGES):
                 _expect_aa(pipeline.receive_hl7v2(lab_report(i, seed), caller))

@@ -25,7 +25,7 @@ from bench import corpus as corpus_mod  # noqa: E402
 from bench.access import KEY_FILE  # noqa: E402
 from bench.database import DEFAULT_POSTGRES_URL, bench_database  # noqa: E402
 from bench.ingest import BASE_URL, FHIR_JSON, authorized, ingest_corpus, warm_up  # noqa: E402
-from healthhub import create_app  # noqa: E402
+from healthhub import create_app, gctune  # noqa: E402
 from healthhub.config import Config  # noqa: E402
 
 #: (label, file suffix, function name) of the stages reported, inclusive of what they call.
@@ -57,6 +57,7 @@ def main() -> int:
         client = authorized(app)
         try:
             warm_up(corpus, client)
+            gctune.settle()  # as a served process does
             profile = cProfile.Profile()
             t0 = time.perf_counter()
             profile.enable()

@@ -129,7 +129,10 @@ def serve(host: str, port: int, workers: int) -> None:
     click.echo(f"HealthHub serving FHIR R4B at http://{host}:{port}/fhir "
                f"(CapabilityStatement: http://{host}:{port}/fhir/metadata); "
                f"public-health dashboard: http://{host}:{port}/dashboard")
-    def export_worker(_gunicorn_worker: Any = None) -> None:
+    def worker_started(_gunicorn_worker: Any = None) -> None:
+        from . import gctune
+
+        gctune.settle()  # the app is loaded: its start-up objects out of the collector's way
         # Bulk Data jobs are run by a thread in each web process unless HEALTHHUB_EXPORT_WORKER=off
         # (then by `healthhub worker` processes); jobs live in the database, so any may take one.
         if cfg.export_worker == "thread":
@@ -140,8 +143,9 @@ def serve(host: str, port: int, workers: int) -> None:
     try:
         from gunicorn.app.base import BaseApplication
     except ImportError:  # e.g. Windows: gunicorn needs fork()
-        export_worker()
-        create_app(cfg).run(host=host, port=port, threaded=True)
+        app = create_app(cfg)
+        worker_started()
+        app.run(host=host, port=port, threaded=True)
         return
 
     formatter = {"()": logs.JsonFormatter} if cfg.log_format == "json" else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
@@ -164,7 +168,7 @@ def serve(host: str, port: int, workers: int) -> None:
                 # gunicorn ≥ 27's control socket lives at one path per user ($HOME/.gunicorn/):
                 # two hubs (or a hub and a test) on one host would share it. The hub does not use it.
                 self.cfg.set("control_socket_disable", True)
-            self.cfg.set("post_worker_init", export_worker)  # after the fork: a thread per worker
+            self.cfg.set("post_worker_init", worker_started)  # after the fork and the app's loading
             self.cfg.set("child_exit", lambda _arbiter, worker: metrics.process_exited(worker.pid))
 
         def load(self) -> Any:

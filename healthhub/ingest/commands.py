@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .. import gctune
 from ..clock import utcnow
 from ..config import Config
 from ..db import Database
@@ -174,6 +175,7 @@ def _listen(config: Config, host: str, port: int, idle_timeout: float, reuse_por
 
     database = Database(config)
     pipeline = _pipeline(database)
+    gctune.settle()
 
     def handle(frame: Frame) -> bytes:
         ack: bytes = pipeline.receive_hl7v2(frame.data, Caller("mllp", peer=frame.peer), truncated=frame.truncated)
@@ -260,6 +262,7 @@ def ingest_files(paths: tuple[Path, ...], profile: str, dry_run: bool, batch_siz
     summary = Summary(skipped=skipped)
     with _database() as database:
         pipeline = _pipeline(database)
+        gctune.settle()
         ctx = RequestContext(actor="cli-ingest")
         with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, disable=quiet or None,
                   file=sys.stderr) as bar:

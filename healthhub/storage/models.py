@@ -17,7 +17,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
-    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -80,10 +79,9 @@ class ResourceVersion(Base):
     __table_args__ = (
         # The unique key is what stops two concurrent writers from both creating version n+1.
         UniqueConstraint("resource_type", "id", "version_id", name="uq_resource_versions_key"),
-        ForeignKeyConstraint(
-            ["resource_type", "id"], ["resources.resource_type", "resources.id"],
-            name="fk_resource_versions_resource",
-        ),
+        # No foreign key to ``resources``: a version and its current row are written in one
+        # transaction and neither is ever deleted; the per-row check was the costliest part of
+        # a version's write on PostgreSQL (migration 0016).
         Index("ix_resource_versions_type_pk", "resource_type", "pk"),
         Index("ix_resource_versions_updated", "last_updated"),
     )
