@@ -21,11 +21,18 @@ import gc
 GEN0_THRESHOLD = 10_000
 
 
+_settled = False
+
+
 def settle() -> None:
     """Call once a process has loaded what it keeps for its whole life (after the app or pipeline
     is built, before it serves): collect the start-up garbage, freeze the survivors, raise the
-    first threshold. Not for processes that build and drop many apps (the test suite): what is
-    frozen is never collected, cycles included."""
+    first threshold. What is frozen is never collected, cycles included, so a process settles
+    once: later calls (a test suite running the CLI in process, app after app) do nothing."""
+    global _settled
+    if _settled:
+        return
+    _settled = True
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
