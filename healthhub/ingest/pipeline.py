@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, BinaryIO, cast
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Table, insert, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from ..audit.events import Happening, record
@@ -144,12 +144,8 @@ class Pipeline:
         try:
             with self.db.transaction() as session:
                 message_id = archive.add(session, arrival, "stored", now)
-                try:
-                    with session.begin_nested():
-                        session.execute(insert(InboundKey).values(sender=sender.code, kind="hl7",
-                                                                  key=header.control_id[:200], message_id=message_id))
-                except IntegrityError:
-                    raise _Duplicate() from None
+                if not _claim(session, sender.code, header.control_id, message_id):
+                    raise _Duplicate()
                 repo = self._repository(session, caller, sender, message_id)
                 written = self._store(repo, mapped.bundle, now)
                 if mapped.merge is not None:
@@ -592,6 +588,22 @@ def _batches(rows: Iterable[csv_reports.RowResult], size: int) -> Iterator[list[
             batch = []
     if batch:
         yield batch
+
+
+def _claim(session: Session, sender: str, control_id: str, message_id: int) -> bool:
+    """Record that the sender's message ``control_id`` (MSH-10) is stored by ``message_id``; False
+    when it was stored before. ``ON CONFLICT DO NOTHING``: one statement, where an INSERT that
+    fails inside a savepoint took three round trips. A copy racing in another transaction waits
+    for it here, then finds the key (it committed) or takes it (it rolled back)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    table: Table = InboundKey.__table__  # type: ignore[assignment]
+    stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).values(
+        sender=sender, kind="hl7", key=control_id[:200], message_id=message_id)
+    claimed = session.execute(stmt.on_conflict_do_nothing(index_elements=["sender", "kind", "key"])
+                              .returning(table.c.message_id)).first()
+    return claimed is not None
 
 
 def _header_or_none(data: bytes) -> hl7v2.MessageHeader | None:

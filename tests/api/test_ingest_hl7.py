@@ -5,6 +5,7 @@ Expected values are read from the raw messages in the tests (split on their own 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -134,6 +135,33 @@ def test_resent_message_is_acknowledged_and_not_stored_twice(app, sender_client,
     assert client.get("/fhir/Observation").json["total"] == before
     assert client.get("/fhir/Observation/_history").json["total"] == versions
     assert [r.outcome for r in archived(app)] == ["stored", "duplicate"]
+
+
+def test_copies_sent_at_once_are_stored_once(app, sender_client, client):
+    """An interface engine that resends before the first ACK arrives: the copies race in
+    concurrent transactions (on PostgreSQL; SQLite runs them one after the other). One stores the
+    message, the others wait for it on the sender + MSH-10 key and are acknowledged as duplicates."""
+    data = (DATA / "hl7v2" / "ms_oru_r01_rmgead.hl7").read_bytes()
+    sender = sender_client(data)
+    token = sender.environ_base["HTTP_AUTHORIZATION"]
+    obx = len([s for s in segments(data) if s[0] == "OBX"])
+    start = threading.Barrier(4)
+
+    def send() -> str:
+        copy = app.test_client()
+        start.wait()
+        resp = copy.post("/ingest/hl7v2", data=data, headers={"Content-Type": HL7, "Authorization": token})
+        assert resp.status_code == 200
+        msa = ack_fields(resp.data)["MSA"][0]
+        assert msa[1] == "AA"
+        return "duplicate" if "Duplicate" in "|".join(msa) else "stored"
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = sorted(pool.map(lambda _: send(), range(4)))
+    assert answers == ["duplicate", "duplicate", "duplicate", "stored"]
+    assert sorted(r.outcome for r in archived(app)) == answers
+    assert client.get("/fhir/Observation").json["total"] == obx
+    assert client.get("/fhir/Provenance").json["total"] == 1
 
 
 def test_adt_updates_the_same_patient(app, sender_client, client):
