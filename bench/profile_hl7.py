@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.database import DEFAULT_POSTGRES_URL, bench_database  # noqa: E402
 from bench.hospital import HL7_SENDER, WARMUP_MESSAGES, lab_report, register_senders  # noqa: E402
+from bench.profiling import inclusive, print_stages  # noqa: E402
 from healthhub import gctune, ingest_pipeline  # noqa: E402
 from healthhub.config import Config  # noqa: E402
 from healthhub.db import Database  # noqa: E402
@@ -40,7 +41,7 @@ STAGES = (
     ("archive (archive.add, archive.finish)", "healthhub/ingest/archive.py", "add|finish"),
     ("audit (Pipeline._audit)", "healthhub/ingest/pipeline.py", "_audit"),
     ("commit (Session.commit)", "sqlalchemy/orm/session.py", "commit"),
-    ("SQL execution, all (psycopg/sqlite cursor)", "", "execute|executemany"),
+    ("SQL execution, all (psycopg/sqlite cursor)", "", "execute|executemany|copy"),
 )
 
 
@@ -90,20 +91,9 @@ def _expect_aa(ack: bytes) -> None:
 
 
 def _report(stats: pstats.Stats, messages: int) -> None:
-    table = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in table.values())
-    whole = _inclusive(table, *STAGES[0][1:]) or total
-    print(f"\n{'stage':<48} {'ms/message':>10} {'share':>7}")
-    for label, suffix, names in STAGES:
-        t = _inclusive(table, suffix, names)
-        print(f"{label:<48} {t * 1000 / messages:>10.2f} {t / whole:>7.1%}")
-    print()
+    whole = inclusive(stats, *STAGES[0][1:]) or 1.0
+    print_stages(stats, STAGES, whole, "ms/message", per=messages / 1000)
     stats.sort_stats("tottime").print_stats(25)
-
-
-def _inclusive(table: dict, suffix: str, names: str) -> float:  # type: ignore[type-arg]
-    wanted = set(names.split("|"))
-    return sum(v[3] for (path, _, func), v in table.items() if func in wanted and path.endswith(suffix))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from bench import corpus as corpus_mod  # noqa: E402
 from bench.access import KEY_FILE  # noqa: E402
 from bench.database import DEFAULT_POSTGRES_URL, bench_database  # noqa: E402
 from bench.ingest import BASE_URL, FHIR_JSON, authorized, ingest_corpus, warm_up  # noqa: E402
+from bench.profiling import inclusive, print_stages  # noqa: E402
 from healthhub import create_app, gctune  # noqa: E402
 from healthhub.config import Config  # noqa: E402
 
@@ -76,20 +77,8 @@ def main() -> int:
     stats = pstats.Stats(profile)
     if args.out:
         stats.dump_stats(str(args.out))
-    raw = stats.stats  # type: ignore[attr-defined]
-    total = max((ct for (f, _, n), (_, _, _, ct, _) in raw.items() if f.endswith("healthhub/api/fhir.py")
-                 and n == "bundle"), default=elapsed)
-    print("\nstage (inclusive; stages overlap)                    seconds   share")
-    for label, suffix, names in STAGES:
-        wanted = set(names.split("|"))
-        if suffix:
-            secs = sum(ct for (f, _, n), (_, _, _, ct, _) in raw.items() if f.endswith(suffix) and n in wanted)
-        else:  # DB-API cursor calls, wherever the driver lives
-            secs = sum(ct for (f, _, n), (_, _, _, ct, _) in raw.items()
-                       if (n in wanted and f.endswith("psycopg/cursor.py"))
-                       or (f == "~" and "sqlite3.Cursor" in n and "execute" in n))
-        print(f"{label:<52}{secs:8.2f}   {secs / total:6.1%}")
-    print()
+    total = inclusive(stats, "healthhub/api/fhir.py", "bundle") or elapsed
+    print_stages(stats, STAGES, total, "seconds")
     stats.sort_stats("tottime").print_stats(20)
     return 0
 
