@@ -7,8 +7,8 @@ ingesting a Synthea Bundle (hundreds of thousands of new dicts and lists) set of
 Bundles. ``gc.freeze()`` moves what exists at start-up out of the collector's sight (it is never
 freed anyway), and a larger first-generation threshold makes the collector run less often during
 those bursts of allocation; reference counting still frees everything that is not in a cycle at
-once. Measured: hub ingest of the Synthea corpus 895 → 1,031–1,049 resources/s (PostgreSQL,
-bench/RESULTS.md, ninth session). Instagram's account of the same idea:
+once. Measured: hub ingest of the Synthea patient transactions 895 → 1,031–1,049 resources/s
+(PostgreSQL, bench/RESULTS.md, ninth session). Instagram's account of the same idea:
 https://instagram-engineering.com/dismissing-python-garbage-collection-at-instagram-4dca40b29172
 https://docs.python.org/3/library/gc.html#gc.freeze
 """
