@@ -356,6 +356,11 @@ def ack(header: MessageHeader | None, code: str, issues: Sequence[Located] = (),
     issues = list(issues)
     if not issues and text and code in ("AE", "AR", "CE", "CR"):
         issues = [Located(severity="E", segment="MSH", sequence=1, field=None, code="207", text=text)]
+    elif not issues and text and numeric >= (2, 7):
+        # An accept's note ("duplicate of a message already stored") had no place from v2.7 on,
+        # where MSA-3 is withdrawn: it goes in an informational ERR (code 0 "Message accepted",
+        # severity I; HL7 v2.8 §2.14.5), so a sender of any version sees it.
+        issues = [Located(severity="I", segment="MSH", sequence=1, field=None, code="0", text=text)]
     msa = ["MSA", code, header.control_id if header else ""]
     message = text or (issues[0].text if issues else "")
     if numeric < (2, 7) and message:  # MSA-3 (text message) was withdrawn in v2.7

@@ -254,6 +254,19 @@ def test_ack_v28_has_no_msa_3():
     assert "rejected" in [s for s in raw.split("\r") if s.startswith("ERR")][0]
 
 
+def test_ack_v28_accept_with_a_note_carries_it_in_an_informational_err():
+    """MSA-3 is gone from v2.7 on: an AA's note (a duplicate) is an ERR of severity I, code 0."""
+    header = hl7v2.read_header(adt(version="2.8"))
+    reply = parse_ack(hl7v2.ack(header, "AA", text="Duplicate of a message already stored (archive 7)", now=NOW))
+    msa = reply.segment("MSA")
+    assert [str(msa(1)), str(msa(2))] == ["AA", "CTRL1"]
+    err = reply.segment("ERR")
+    assert [str(err(3)), str(err(4))] == ["0^Message accepted^HL70357", "I"]
+    assert reply.unescape(str(err(8))) == "Duplicate of a message already stored (archive 7)"
+    older = hl7v2.ack(hl7v2.read_header(adt(version="2.5.1")), "AA", text="Duplicate", now=NOW).decode()
+    assert "MSA|AA|CTRL1|Duplicate" in older and "ERR" not in older  # before v2.7: MSA-3, as before
+
+
 def test_ack_for_garbage_is_minimal_v25():
     raw = hl7v2.ack(None, "AR", text="not HL7", control_id="X1", now=NOW).decode()
     assert raw.split("\r")[:2] == ["MSH|^~\\&|HEALTHHUB||||20240506070809+0000||ACK|X1|P|2.5", "MSA|AR||not HL7"]
