@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import IO, Any, BinaryIO, cast
 
 from sqlalchemy import Table, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -595,12 +597,9 @@ def _claim(session: Session, sender: str, control_id: str, message_id: int) -> b
     when it was stored before. ``ON CONFLICT DO NOTHING``: one statement, where an INSERT that
     fails inside a savepoint took three round trips. A copy racing in another transaction waits
     for it here, then finds the key (it committed) or takes it (it rolled back)."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect = session.get_bind().dialect.name
     table: Table = InboundKey.__table__  # type: ignore[assignment]
-    stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).values(
-        sender=sender, kind="hl7", key=control_id[:200], message_id=message_id)
+    make = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = make(table).values(sender=sender, kind="hl7", key=control_id[:200], message_id=message_id)
     claimed = session.execute(stmt.on_conflict_do_nothing(index_elements=["sender", "kind", "key"])
                               .returning(table.c.message_id)).first()
     return claimed is not None
